@@ -1,0 +1,52 @@
+# lightning_sep: `make demo` (set up, build the demo data, train, test, print the table) and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+# Debian packages the demo recipes read their sounds from (installed when run as root)
+DEB_PACKAGES := asterisk-core-sounds-en-wav openttd-opensfx simutrans-pak64 pocketsphinx-testdata espeak-ng
+PYTEST_ARGS ?=
+
+.PHONY: install debian demo test test-fast bench lint constraints clean
+
+install: $(VENV)/.installed debian
+
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -c constraints.txt -e '.[dev]'
+	touch $@
+
+debian:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "The demo data needs Debian packages. Run as root:"; echo "  apt-get install -y$$missing"; exit 1; fi; \
+	fi
+
+demo: install
+	$(BIN)/lightning-sep demo
+
+# fast tests and the slow (end-to-end) tier
+test: install
+	WANDB_MODE=offline $(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+test-fast: install
+	WANDB_MODE=offline $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	mkdir -p runs/bench
+	$(BIN)/python benchmarks/loader.py --json runs/bench/loader.json
+	$(BIN)/python benchmarks/metrics.py --json runs/bench/metrics.json
+	$(BIN)/python benchmarks/overhead.py --json runs/bench/overhead.json
+
+lint: install
+	$(BIN)/ruff check lightning_sep tests benchmarks
+
+# re-pin every installed package (after changing setup.cfg)
+constraints:
+	$(BIN)/pip freeze --exclude-editable | sed -e 's/^torch==/torch===/' -e 's/^torchaudio==/torchaudio===/' \
+	  -e 's/^torchvision==/torchvision===/' | grep -v '^pip==' > constraints.body
+	{ head -3 constraints.txt; cat constraints.body; } > constraints.new && rm constraints.body && mv constraints.new constraints.txt
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

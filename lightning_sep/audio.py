@@ -1,0 +1,88 @@
+"""The audio front end: STFT / iSTFT, magnitudes, masks, reconstruction with the mixture's phase.
+
+Everything here runs in float32 even inside a bf16/fp16 autocast region (spectra and phases lose
+too much in half precision) and on whatever device its input lives on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchaudio
+from torch import Tensor, nn
+
+
+@dataclass
+class STFTConfig:
+    """Short-time Fourier transform settings (sample counts at the dataset's sample rate)."""
+
+    n_fft: int = 512  # FFT size; n_fft // 2 + 1 frequency bins
+    win_length: int = 400  # Hann window length, <= n_fft
+    hop_length: int = 160  # hop between frames
+    log_eps: float = 1e-6  # floor added before taking log magnitude for network inputs
+
+
+def fp32(fn):
+    """Run ``fn`` with autocast off and float32 tensors in, whatever precision the caller uses."""
+
+    def wrapper(self, *args, **kwargs):
+        device_type = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+        with torch.autocast(device_type=device_type, enabled=False):
+            args = tuple(a.float() if isinstance(a, Tensor) and not a.is_complex() else a for a in args)
+            return fn(self, *args, **kwargs)
+
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+class STFT(nn.Module):
+    """Complex STFT and its inverse with one set of parameters (torchaudio transforms, centred frames)."""
+
+    def __init__(self, cfg: STFTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.spec = torchaudio.transforms.Spectrogram(
+            n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length, power=None
+        )
+        self.ispec = torchaudio.transforms.InverseSpectrogram(
+            n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length
+        )
+
+    @property
+    def n_bins(self) -> int:
+        return self.cfg.n_fft // 2 + 1
+
+    def n_frames(self, n_samples: int) -> int:
+        return n_samples // self.cfg.hop_length + 1
+
+    @fp32
+    def forward(self, wave: Tensor) -> Tensor:
+        """(..., T) waveform → (..., F, N) complex spectrum."""
+        return self.spec(wave)
+
+    @fp32
+    def inverse(self, spec: Tensor, length: int) -> Tensor:
+        """(..., F, N) complex spectrum → (..., length) waveform."""
+        return self.ispec(spec.to(torch.complex64), length)
+
+    @fp32
+    def magphase(self, wave: Tensor) -> tuple[Tensor, Tensor]:
+        """Magnitude and phase (radians) of the STFT of a waveform."""
+        spec = self(wave)
+        return spec.abs(), torch.angle(spec)
+
+    @fp32
+    def log_magnitude(self, wave: Tensor) -> Tensor:
+        """Log-compressed magnitude, the networks' input: (..., T) → (..., F, N)."""
+        return torch.log(self(wave).abs() + self.cfg.log_eps)
+
+    @fp32
+    def apply_masks(self, masks: Tensor, mixture: Tensor) -> Tensor:
+        """Masked magnitudes with the mixture's phase, back to waveforms.
+
+        masks (B, K, F, N) real, mixture (B, T) → (B, K, T). Masks that sum to one over K give
+        estimates that sum to the mixture (up to float rounding): mixture consistency for free.
+        """
+        spec = self(mixture).unsqueeze(1)  # (B, 1, F, N)
+        return self.inverse(masks * spec, mixture.shape[-1])
+

@@ -1,0 +1,318 @@
+"""``lightning-sep``: prepare datasets, fit and test experiments, separate your own audio, run the demo.
+
+Every experiment is one YAML file; any value can be overridden as ``key=value`` or ``--key=value``.
+Errors a user can fix (a mistyped key, a missing dataset, a broken shard, a NaN loss) end with one clear
+message and exit code 2 (or 3 for a training failure), not a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+EXIT_USAGE, EXIT_TRAINING = 2, 3
+
+
+def _experiments_dir() -> Path:
+    """experiments/ of this checkout (or of the current directory, e.g. in the Docker image)."""
+    for candidate in (Path.cwd() / "experiments", Path(__file__).resolve().parent.parent / "experiments"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("no experiments/ folder next to lightning_sep or in the current directory")
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.recipes import get_recipe, options_from
+
+    recipe = get_recipe(args.recipe)
+    options = options_from(recipe, args.overrides, seed=args.seed)
+    start = time.time()
+    info = recipe.build(Path(args.out), options, progress=not args.no_progress)
+    print(f"built {info.name} into {args.out} in {time.time() - start:.0f} s")
+    for split, pools in info.splits.items():
+        for pool, p in pools.items():
+            print(f"  {split}/{pool}: {p.clips} clips, {p.seconds / 60:.1f} min, stems {p.members}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def _load(config: str, overrides: list[str]):
+    from .config import load_config
+    from .methods import SCHEMAS
+
+    return load_config(config, overrides, SCHEMAS)
+
+
+def _trainer(cfg, folder: Path, loggers, callbacks, for_fit: bool):
+    import pytorch_lightning as pl
+
+    from .runs import AtomicCheckpointIO
+
+    t = cfg.trainer
+    return pl.Trainer(
+        default_root_dir=str(folder), max_steps=t.max_steps if for_fit else -1, max_epochs=-1,
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=t.precision, val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
+        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic, enable_progress_bar=t.progress_bar, logger=loggers,
+        callbacks=callbacks, enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=for_fit,
+    )
+
+
+def fit(cfg) -> Path:
+    """Train (or resume) the run of ``cfg``; returns its folder."""
+    import pytorch_lightning as pl
+    from omegaconf import OmegaConf
+
+    from .data.datamodule import SeparationDataModule
+    from .methods import METHODS
+    from .runs import (RUN_DIR_ENV, LastCheckpoint, finish_loggers, is_rank_zero, last_checkpoint, make_loggers,
+                       resolve_run_dir)
+
+    method = METHODS[cfg.method]
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    from .data.shards import DatasetInfo
+
+    info = DatasetInfo.load(cfg.data.root)
+    folder = resolve_run_dir(cfg)
+    os.environ[RUN_DIR_ENV] = str(folder)  # DDP ranks started from this process use the same folder
+    ckpt = last_checkpoint(folder) if cfg.run.resume else None
+    if ckpt is not None:
+        check_checkpoint(ckpt, cfg.method)
+    if is_rank_zero():
+        folder.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
+        print(f"run folder: {folder}" + (f" (resuming from {ckpt})" if ckpt else ""), flush=True)
+    data = SeparationDataModule(cfg.data, method.train_pools(info), seed=cfg.seed,
+                                forbidden=method.forbidden_stems(info))
+    model = method(OmegaConf.to_container(cfg, resolve=True), dataset_summary(info))
+    loggers = make_loggers(cfg, folder)
+    callbacks = [LastCheckpoint(folder, cfg.trainer.checkpoint_every_n_steps), *model.extra_callbacks(folder)]
+    trainer = _trainer(cfg, folder, loggers, callbacks, for_fit=True)
+    failed = True
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+        failed = False
+    finally:
+        finish_loggers(loggers, failed)
+    return folder
+
+
+def dataset_summary(info) -> dict:
+    return {"name": info.name, "sample_rate": info.sample_rate, "stems": list(info.stems),
+            "observed": info.observed, "unobserved": info.unobserved, "classes": list(info.classes)}
+
+
+def check_checkpoint(path: Path, method: str) -> dict:
+    """The checkpoint's stored config; an error if it was trained by another method or is not ours."""
+    import torch
+
+    from .config import ConfigError
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"{path}: not a readable checkpoint ({e})") from e
+    hparams = ckpt.get("hyper_parameters", {})
+    stored = hparams.get("config", {}).get("method")
+    if stored is None:
+        raise ConfigError(f"{path}: not a lightning_sep checkpoint (no stored config)")
+    if stored != method:
+        raise ConfigError(f"{path}: checkpoint of method {stored!r}, but this config is for method {method!r}")
+    return ckpt
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    cfg = _load(args.config, args.overrides)
+    if args.print_config:
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        return 0
+    folder = fit(cfg)
+    from .runs import is_rank_zero
+
+    if is_rank_zero():
+        print(folder)
+    return 0
+
+
+# ----------------------------------------------------------------------------- test
+
+
+def test(cfg, folder: Path, ckpt: Path | None = None) -> dict:
+    """Score the run's checkpoint on the test split; writes results.json / results.md (rank 0)."""
+    from .data.datamodule import SeparationDataModule
+    from .data.shards import DatasetError, DatasetInfo
+    from .methods import METHODS
+    from .runs import is_rank_zero, last_checkpoint
+    from .results import write_results
+
+    method = METHODS[cfg.method]
+    ckpt = ckpt or last_checkpoint(folder)
+    if ckpt is None:
+        raise DatasetError(f"{folder}: no checkpoints/last.ckpt to test; train it first with `lightning-sep fit`")
+    check_checkpoint(ckpt, cfg.method)
+    info = DatasetInfo.load(cfg.data.root)
+    model = method.load_from_checkpoint(ckpt, map_location="cpu")
+    model.cfg.eval = cfg.eval  # scoring settings come from the current config, not from training time
+    data = SeparationDataModule(cfg.data, {}, seed=cfg.seed)
+    trainer = _trainer(cfg, folder, loggers=False, callbacks=[], for_fit=False)
+    trainer.test(model, datamodule=data, verbose=False)
+    results = {"method": cfg.method, "dataset": info.name, "split": cfg.data.test_split,
+               "checkpoint": str(ckpt), "step": int(torch_load_step(ckpt)), **(model.test_results or {})}
+    results.update(model.extra_results(folder))
+    if is_rank_zero():
+        write_results(folder, results)
+    return results
+
+
+def torch_load_step(ckpt: Path) -> int:
+    import torch
+
+    return torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", -1)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from .config import config_from_dict
+    from .methods import SCHEMAS
+    from .results import table
+    from .runs import is_rank_zero
+
+    target = Path(args.target)
+    if target.is_dir():
+        from omegaconf import OmegaConf
+
+        if not (target / "config.yaml").is_file():
+            from .config import ConfigError
+
+            raise ConfigError(f"{target}: not a run folder (no config.yaml); pass a run folder or an experiment YAML")
+        stored = OmegaConf.to_container(OmegaConf.load(target / "config.yaml"))
+        cfg = config_from_dict(stored, SCHEMAS)
+        from .config import parse_overrides
+
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(parse_overrides(args.overrides)))
+        folder = target
+    else:
+        from .runs import resolve_run_dir
+
+        cfg = _load(str(target), args.overrides)
+        folder = resolve_run_dir(cfg)
+    results = test(cfg, folder, Path(args.ckpt) if args.ckpt else None)
+    if is_rank_zero():
+        print(table(results))
+        print(f"results: {folder / 'results.json'}, {folder / 'results.md'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- separate
+
+
+def cmd_separate(args: argparse.Namespace) -> int:
+    from .separate import separate_files
+
+    for path in separate_files(Path(args.checkpoint), [Path(a) for a in args.audio], Path(args.out),
+                               chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
+                               device=args.device):
+        print(path)
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.data), Path(args.runs), args.overrides, experiments=_experiments_dir())
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lightning-sep",
+        description="Separate sounds that were never recorded alone: NES, MaskNet, WeakSep, CoSep and a "
+        "supervised upper bound, on WebDataset shards, with PyTorch Lightning.",
+        epilog="Overrides: any config value as key=value or --key=value, e.g. trainer.max_steps=500 "
+        "--data.batch_size=8. Run `lightning-sep COMMAND --help` for each command.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pr = sub.add_parser("prepare", help="build a dataset from a recipe into a folder of shards",
+                        description="Build a prepared dataset (dataset.json + tar shards) from a recipe.")
+    pr.add_argument("recipe", help="recipe name, e.g. demo-speech-noise")
+    pr.add_argument("--out", required=True, help="output folder (e.g. data/demo-speech-noise)")
+    pr.add_argument("--seed", type=int, default=None, help="random seed (default: the recipe's)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.add_argument("overrides", nargs="*", help="recipe options as key=value")
+    pr.set_defaults(func=cmd_prepare)
+
+    f = sub.add_parser("fit", help="train an experiment (resumes its run if one exists)",
+                       description="Train the experiment CONFIG. The run folder runs/<experiment>/<id> is derived "
+                       "from the config, so running the same command again resumes from checkpoints/last.ckpt; "
+                       "run.resume=false starts over in a new folder. The last line printed is the run folder.")
+    f.add_argument("config", help="experiment YAML, e.g. experiments/supervised/demo_speech_noise.yaml")
+    f.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    f.add_argument("overrides", nargs="*", help="key=value overrides")
+    f.set_defaults(func=cmd_fit)
+
+    t = sub.add_parser("test", help="score a run on the test split; writes results.json and results.md",
+                       description="Score a run folder (or the run of an experiment YAML) on its dataset's test "
+                       "split and write RUN/results.json and RUN/results.md.")
+    t.add_argument("target", help="run folder (runs/<experiment>/<id>) or experiment YAML")
+    t.add_argument("--ckpt", help="checkpoint to score (default: the run's checkpoints/last.ckpt)")
+    t.add_argument("overrides", nargs="*", help="key=value overrides (e.g. trainer.devices=2, eval.framewise=true)")
+    t.set_defaults(func=cmd_test)
+
+    s = sub.add_parser("separate", help="separate your own audio files with a trained checkpoint",
+                       description="Separate WAV/FLAC/OGG files of any length, rate and channel count. Each "
+                       "channel is resampled to the model's rate, separated in overlapping chunks, and the stems "
+                       "are written at the input's rate and length to OUT/<file>/<stem>.wav; they sum to the input.")
+    s.add_argument("checkpoint", help="a run's checkpoints/last.ckpt")
+    s.add_argument("audio", nargs="+", help="audio files")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--chunk-seconds", type=float, default=10.0, help="chunk length (default 10)")
+    s.add_argument("--overlap-seconds", type=float, default=1.0, help="overlap between chunks (default 1)")
+    s.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    s.set_defaults(func=cmd_separate)
+
+    d = sub.add_parser("demo", help="build the demo data, train and test, print the results table",
+                       description="The main job: build demo-speech-noise (if not built), train every demo "
+                       "experiment on it, test them and print one table.")
+    d.add_argument("--data", default="data/demo-speech-noise", help="where the demo dataset is (or is built)")
+    d.add_argument("--runs", default="runs", help="runs root")
+    d.add_argument("overrides", nargs="*", help="key=value overrides applied to every demo experiment")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    from .config import ConfigError
+    from .data.shards import DatasetError
+    from .methods.base import NonFiniteLossError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, FileNotFoundError) as e:
+        print(f"lightning-sep {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except NonFiniteLossError as e:
+        print(f"lightning-sep {args.command}: training stopped: {e}", file=sys.stderr)
+        return EXIT_TRAINING
+
+
+if __name__ == "__main__":
+    sys.exit(main())

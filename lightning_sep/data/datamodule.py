@@ -1,0 +1,243 @@
+"""One LightningDataModule for every method: named training pools in, batches of tensors out.
+
+Training batches (``train_dataloader``) are nested dicts, one entry per pool the method asked for::
+
+    {"isolated": {"mix": (B, T), "speech": (B, T), "noise": (B, T), "labels": (B, C)}, ...}
+
+Every pool is drawn independently (its own shuffled stream), so ``observed`` and ``mixtures`` batches are
+unpaired, as the semi-supervised methods require. ``T`` is ``segment_seconds`` at the dataset's rate: a
+random crop (clips shorter than that are zero-padded at the end), then one random gain per clip applied
+to all its stems, so ``mix == sum(stems)`` still holds. ``labels`` (multi-hot over ``dataset.json``'s
+classes) is present when the dataset has classes.
+
+Evaluation batches (``val_dataloader``/``test_dataloader``) hold one whole clip each, flat::
+
+    {"key": [clip_id], "mix": (1, T), <each stem>: (1, T), "labels": (1, C)}
+
+Under DDP the training streams are resampled (``ResampledShards``-style: each rank and worker draws shards at
+random with its own seed), so shard counts never need to divide by ranks × workers, and every rank takes exactly
+``batches_per_epoch`` batches per epoch (the count is split across the workers exactly), which keeps the
+collective ops of all ranks in step. Evaluation is exact: every clip is scored once overall, clip ``i`` of the
+fixed shard order going to rank ``i % world`` (and within a rank to one worker).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .shards import DatasetError, DatasetInfo, decode_sample, iter_tar
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how training examples are drawn from it."""
+
+    root: str = "???"  # folder of a prepared dataset (holds dataset.json); `lightning-sep prepare` builds one
+    segment_seconds: float = 2.0  # length of the random training crops
+    gain_db: list[float] = field(default_factory=lambda: [-6.0, 0.0])  # random gain range per training clip
+    batch_size: int = 16  # training batch size per device
+    batches_per_epoch: int = 200  # training batches each rank takes per epoch
+    shuffle_buffer: int = 256  # clips held for shuffling in each worker (per pool)
+    num_workers: int = 2  # loader worker processes per device (0: load in the main process)
+    valid_split: str = "valid"  # split scored during training
+    test_split: str = "test"  # split scored by `lightning-sep test`
+    valid_clips: int | None = None  # score only the first N validation clips (None: all)
+
+
+@dataclass
+class PoolSpec:
+    """A training pool a method draws from: ``split/pool`` in the dataset, and which stems it decodes."""
+
+    split: str
+    pool: str
+    stems: list[str]
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def _labels(meta: dict[str, Any], classes: list[str], where: str) -> np.ndarray:
+    out = np.zeros(len(classes), dtype=np.float32)
+    for label in meta.get("labels", []):
+        if label not in classes:
+            raise DatasetError(f"{where}: label {label!r} is not among the dataset's classes {classes}")
+        out[classes.index(label)] = 1.0
+    return out
+
+
+class TrainStream(IterableDataset):
+    """An endless stream of random fixed-length crops from one pool, cut into batches of ``batches`` per rank."""
+
+    def __init__(self, info: DatasetInfo, spec: PoolSpec, cfg: DataConfig, seed: str, rank: int):
+        super().__init__()
+        self.urls = info.urls(spec.split, spec.pool)
+        self.where = f"{info.root}/{spec.split}/{spec.pool}"
+        self.stems, self.classes, self.rate = list(spec.stems), list(info.classes), info.sample_rate
+        self.segment = round(cfg.segment_seconds * info.sample_rate)
+        self.gain_db, self.batch_size, self.buffer = cfg.gain_db, cfg.batch_size, cfg.shuffle_buffer
+        self.seed, self.rank = seed, rank
+        self._epoch = 0  # counts passes inside a (persistent) worker so epochs differ
+
+    def _rng(self) -> random.Random:
+        worker, _ = _worker()
+        self._epoch += 1
+        return random.Random(f"{self.seed}/{self.rank}/{worker}/{self._epoch}")
+
+    def clips(self, rng: random.Random) -> Iterator[dict[str, Any]]:
+        while True:
+            yield from iter_tar(rng.choice(self.urls))
+
+    def crop(self, clip: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
+        n = len(clip[self.stems[0]])
+        start = rng.randint(0, max(0, n - self.segment))
+        gain = 10 ** (rng.uniform(*self.gain_db) / 20)
+        out = {}
+        for stem in self.stems:
+            piece = clip[stem][start : start + self.segment] * gain
+            if len(piece) < self.segment:
+                piece = np.pad(piece, (0, self.segment - len(piece)))
+            out[stem] = torch.from_numpy(piece)
+        if self.classes:
+            out["labels"] = torch.from_numpy(_labels(clip["meta"], self.classes, self.where))
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rng = self._rng()
+        raw = wds.shuffle(self.buffer, initial=self.buffer // 2, rng=rng)(self.clips(rng))
+        decoded = (decode_sample(r, self.rate, self.stems) for r in raw)
+        crops = (self.crop(c, rng) for c in decoded)
+        yield from wds.batched(self.batch_size, collation_fn=_stack, partial=False)(crops)
+
+
+def _stack(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+class ZipPools(IterableDataset):
+    """Draws one batch from each pool's stream per step; stops after this worker's share of the epoch."""
+
+    def __init__(self, streams: dict[str, TrainStream], batches_per_epoch: int):
+        super().__init__()
+        self.streams, self.batches_per_epoch = streams, batches_per_epoch
+
+    def __len__(self) -> int:  # per rank: lets Lightning show progress and count epochs
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
+        worker, workers = _worker()
+        share = self.batches_per_epoch // workers + (worker < self.batches_per_epoch % workers)
+        iters = {name: iter(s) for name, s in self.streams.items()}
+        for _ in range(share):
+            yield {name: next(it) for name, it in iters.items()}
+
+
+class EvalClips(IterableDataset):
+    """Every clip of an evaluation pool exactly once across ranks and workers, whole, in a fixed order."""
+
+    def __init__(self, info: DatasetInfo, split: str, limit: int | None, rank: int, world: int):
+        super().__init__()
+        self.urls = info.urls(split)
+        self.where = f"{info.root}/{split}"
+        self.stems = ["mix", *info.stems]
+        self.rate, self.classes = info.sample_rate, list(info.classes)
+        self.limit = info.pool(split).clips if limit is None else min(limit, info.pool(split).clips)
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:  # clips this rank scores
+        return len(range(self.rank, self.limit, self.world))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, workers = _worker()
+        index = 0
+        for url in self.urls:
+            for raw in iter_tar(url):
+                if index >= self.limit:
+                    return
+                mine = index % self.world == self.rank and (index // self.world) % workers == worker
+                index += 1
+                if not mine:
+                    continue  # skipped before decoding: other ranks and workers own it
+                clip = decode_sample(raw, self.rate, self.stems)
+                out: dict[str, Any] = {"key": [clip["key"]]}
+                out.update({s: torch.from_numpy(clip[s])[None] for s in self.stems})
+                if self.classes:
+                    out["labels"] = torch.from_numpy(_labels(clip["meta"], self.classes, url))[None]
+                yield out
+
+
+class SeparationDataModule(pl.LightningDataModule):
+    """Training pools named by the method (``pools``), validation and test splits scored whole.
+
+    ``forbidden`` lists stems that must never reach training (a semi-supervised method's unobserved
+    source); asking a pool for one is an error, and so is a pool whose shards hold one.
+    """
+
+    def __init__(self, cfg: DataConfig, pools: dict[str, PoolSpec], seed: int = 0, forbidden: tuple[str, ...] = ()):
+        super().__init__()
+        self.cfg, self.pools, self.seed = cfg, pools, seed
+        self.info = DatasetInfo.load(cfg.root)
+        for name, spec in pools.items():
+            held = set(self.info.pool(spec.split, spec.pool).members)
+            missing = set(spec.stems) - held
+            if missing:
+                raise DatasetError(
+                    f"{cfg.root}/{spec.split}/{spec.pool}: pool {name!r} needs stems {sorted(missing)}, "
+                    f"its shards hold {sorted(held)}"
+                )
+            leaked = (set(spec.stems) | held) & set(forbidden)
+            if leaked:
+                raise DatasetError(
+                    f"{cfg.root}/{spec.split}/{spec.pool}: training pool {name!r} holds {sorted(leaked)}, "
+                    "which this method must never see in training"
+                )
+
+    @property
+    def sample_rate(self) -> int:
+        return self.info.sample_rate
+
+    def _rank(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return _distributed()
+
+    def _loader(self, dataset: IterableDataset) -> DataLoader:
+        # batch_size=None: batches are made in the workers; a plain DataLoader lets Lightning seed workers per rank
+        workers = self.cfg.num_workers
+        return DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        rank, _ = self._rank()
+        # the restored step enters the seed, so a resumed run draws new examples instead of replaying old ones
+        step = self.trainer.global_step if self.trainer is not None else 0
+        streams = {
+            name: TrainStream(self.info, spec, self.cfg, seed=f"{self.seed}/{name}/{step}", rank=rank)
+            for name, spec in self.pools.items()
+        }
+        return self._loader(ZipPools(streams, self.cfg.batches_per_epoch))
+
+    def eval_dataloader(self, split: str, limit: int | None = None) -> DataLoader:
+        rank, world = self._rank()
+        return self._loader(EvalClips(self.info, split, limit, rank, world))
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader(self.cfg.valid_split, self.cfg.valid_clips)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader(self.cfg.test_split)
+

@@ -1,0 +1,8 @@
+"""The methods, by the name experiment configs use in ``method:``."""
+from __future__ import annotations
+
+from .base import SeparationModule
+from .supervised import Supervised
+
+METHODS: dict[str, type[SeparationModule]] = {m.name: m for m in (Supervised,)}
+SCHEMAS = {name: m.Config for name, m in METHODS.items()}

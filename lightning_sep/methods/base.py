@@ -1,0 +1,189 @@
+"""The base LightningModule every method extends: one override point, ``training_losses``.
+
+The base owns what all methods share: the STFT front end, mask-based separation of whole clips,
+validation and test scoring (per-clip metrics reduced across ranks), example audio and spectrogram
+images, and the check that stops a run the moment a loss term is not finite.
+
+A method subclass sets ``name`` and ``Config``, says which training pools it reads (``train_pools``) and
+which stems it must never see in training (``forbidden_stems``), builds its networks, and returns its named
+losses from ``training_losses(batch)`` with the total under ``"loss"``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from .. import metrics
+from ..audio import STFT
+from ..config import ExperimentConfig, config_from_dict
+from ..data.datamodule import PoolSpec
+from ..data.shards import DatasetInfo
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; training stops rather than continue on garbage."""
+
+
+class SeparationModule(pl.LightningModule):
+    name = "base"
+    Config: type = ExperimentConfig
+
+    def __init__(self, config: dict, dataset: dict):
+        """``config``: the resolved experiment config as a plain dict (stored in every checkpoint);
+        ``dataset``: sample_rate, stems, observed, unobserved and classes of the dataset it trains on."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg: DictConfig = config_from_dict(config, {self.name: self.Config})
+        self.sample_rate: int = dataset["sample_rate"]
+        self.stems: list[str] = list(dataset["stems"])
+        self.stft = STFT(self.cfg.stft)
+        self._val_scores: dict[str, MeanMetric] = torch.nn.ModuleDict()
+        for stem in self.stems:
+            for metric in ("si_sdr", "si_sdri"):
+                self._val_scores[f"{stem}/{metric}"] = MeanMetric(nan_strategy="ignore")
+        self.test_rows: list[dict[str, Any]] = []
+        self.test_results: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ what a method provides
+    @classmethod
+    def train_pools(cls, info: DatasetInfo) -> dict[str, PoolSpec]:
+        raise NotImplementedError
+
+    @classmethod
+    def forbidden_stems(cls, info: DatasetInfo) -> tuple[str, ...]:
+        return ()
+
+    def training_losses(self, batch: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def extra_callbacks(self, folder: Path) -> list[pl.Callback]:
+        """Callbacks the method needs (e.g. NES's outer iterations)."""
+        return []
+
+    def extra_results(self, folder: Path) -> dict[str, Any]:
+        """Method-specific entries for results.json."""
+        return {}
+
+    def masks(self, mix: Tensor) -> Tensor:
+        """(B, T) mixture → (B, K, F, N) masks, one per stem in ``self.stems`` order."""
+        return self.net(self.stft.log_magnitude(mix))
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> Tensor:
+        losses = self.training_losses(batch)
+        self.check_finite(losses)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False)
+        self.log("loss", losses["loss"].detach(), prog_bar=True, logger=False)
+        return losses["loss"]
+
+    def check_finite(self, losses: dict[str, Tensor]) -> None:
+        bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
+        # every rank must take the same decision, or the healthy ranks would wait forever in the next all-reduce
+        if self.trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            where = f"step {self.global_step}"
+            raise NonFiniteLossError(
+                f"loss term(s) {bad or '(on another rank)'} became NaN/inf at {where}; "
+                "the last checkpoint holds the weights before it. Lower optim.lr, set trainer.gradient_clip_val, "
+                "or check the data"
+            )
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        opt = torch.optim.Adam(self.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        if not o.decay_every_steps:
+            return opt
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.decay_every_steps, gamma=o.decay_factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ separation
+    @torch.no_grad()
+    def separate(self, mix: Tensor) -> Tensor:
+        """(B, T) mixtures → (B, K, T) estimates of ``self.stems`` (they sum to the mixture)."""
+        return self.stft.apply_masks(self.masks(mix), mix)
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        est = self.separate(batch["mix"])
+        for k, stem in enumerate(self.stems):
+            ref = batch[stem]
+            self._val_scores[f"{stem}/si_sdr"].update(metrics.si_sdr(est[:, k], ref))
+            self._val_scores[f"{stem}/si_sdri"].update(metrics.si_sdr_improvement(est[:, k], ref, batch["mix"]))
+        if batch_idx < self.cfg.eval.examples:
+            self.write_example(f"valid/step{self.global_step:07d}", batch, est)
+
+    def on_validation_epoch_end(self) -> None:
+        # MeanMetric reduces across ranks in compute(), so every rank logs the same number
+        for name, metric in self._val_scores.items():
+            self.log(f"val/{name}", metric.compute(), sync_dist=False)
+            metric.reset()
+
+    # ------------------------------------------------------------------ test
+    def on_test_epoch_start(self) -> None:
+        self.test_rows = []
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        est = self.separate(batch["mix"])
+        e = self.cfg.eval
+        framewise = (e.window_s, e.hop_s) if e.framewise else None
+        scores = metrics.score_clip(
+            {s: est[0, k] for k, s in enumerate(self.stems)}, {s: batch[s][0] for s in self.stems},
+            batch["mix"][0], bss=e.bss, framewise=framewise, sample_rate=self.sample_rate,
+        )
+        self.test_rows.append({"id": batch["key"][0], **scores})
+        if batch_idx < e.examples:
+            self.write_example("test", batch, est)
+
+    def on_test_epoch_end(self) -> None:
+        rows = self.test_rows
+        if self.trainer.world_size > 1:
+            gathered: list[list] = [None] * self.trainer.world_size  # type: ignore[list-item]
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        rows.sort(key=lambda r: r["id"])
+        e = self.cfg.eval
+        self.test_results = {
+            "flavour": metrics.flavours(framewise=e.framewise, window_s=e.window_s, hop_s=e.hop_s,
+                                        clip_aggregation=e.clip_aggregation, bss=e.bss),
+            "summary": summarize(rows, self.stems),
+            "clips": rows,
+        }
+
+    # ------------------------------------------------------------------ examples
+    def write_example(self, tag: str, batch: dict[str, Any], est: Tensor) -> None:
+        """Audio and a spectrogram PNG of the mixture, estimates and references (rank 0 only)."""
+        if not self.trainer.is_global_zero or self.trainer.sanity_checking:
+            return
+        from ..plots import write_example  # matplotlib is only loaded when examples are written
+
+        key = batch["key"][0]
+        waves = {"mix": batch["mix"][0]}
+        for k, stem in enumerate(self.stems):
+            waves[f"{stem}_estimate"] = est[0, k]
+            waves[f"{stem}_reference"] = batch[stem][0]
+        folder = Path(self.trainer.default_root_dir) / "examples" / tag
+        png = write_example(folder, key, {k: v.float().cpu().numpy() for k, v in waves.items()},
+                            self.sample_rate, self.stft)
+        for logger in self.loggers:
+            if hasattr(logger, "log_image") and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+                logger.log_image(key=f"examples/{tag.split('/')[0]}/{key}", images=[str(png)], step=self.global_step)
+
+
+def summarize(rows: list[dict[str, Any]], stems: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and median of every metric of every stem over clips (NaN clips excluded and counted)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for stem in stems:
+        out[stem] = {}
+        for metric in rows[0][stem] if rows else []:
+            values = np.array([r[stem][metric] for r in rows], dtype=np.float64)
+            mean, median = metrics.aggregate(values, "mean"), metrics.aggregate(values, "median")
+            out[stem][metric] = {"mean": mean["value"], "median": median["value"], "n": mean["n"],
+                                 "n_nan": mean["n_nan"]}
+    return out
+

@@ -1,0 +1,36 @@
+"""Example audio and spectrogram figures written into run folders (matplotlib, no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+
+
+def write_example(folder: Path, key: str, waves: dict[str, np.ndarray], sample_rate: int, stft) -> Path:
+    """Write ``<key>_<name>.flac`` for each waveform and ``<key>.png`` with their log spectrograms stacked."""
+    folder.mkdir(parents=True, exist_ok=True)
+    peak = max(float(np.abs(w).max()) for w in waves.values()) or 1.0
+    scale = min(1.0, 0.99 / peak)  # one common scale keeps the stems' relative levels audible
+    for name, wave in waves.items():
+        sf.write(folder / f"{key}_{name}.flac", wave * scale, sample_rate, subtype="PCM_16")
+    fig, axes = plt.subplots(len(waves), 1, figsize=(8, 1.6 * len(waves)), sharex=True, squeeze=False)
+    duration = len(next(iter(waves.values()))) / sample_rate
+    for ax, (name, wave) in zip(axes[:, 0], waves.items()):
+        with torch.no_grad():
+            db = 20 * torch.log10(stft(torch.from_numpy(wave)[None]).abs()[0] + 1e-5).numpy()
+        ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=db.max() - 80, vmax=db.max(),
+                  extent=(0, duration, 0, sample_rate / 2000))
+        ax.set_ylabel("kHz")
+        ax.set_title(name, fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    png = folder / f"{key}.png"
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+    return png
