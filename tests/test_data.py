@@ -158,7 +158,8 @@ def test_training_batches_are_fixed_size_dicts_per_pool(toy_dataset):
     cfg = DataConfig(root=str(toy_dataset), segment_seconds=0.5, batch_size=4, batches_per_epoch=5, num_workers=2)
     pools = {"observed": PoolSpec("train", "observed", ["noise"]), "isolated": PoolSpec("train", "isolated",
                                                                                        ["mix", "speech", "noise"])}
-    batches = list(SeparationDataModule(cfg, pools).train_dataloader())
+    data = SeparationDataModule(cfg, pools)
+    batches = [data.on_after_batch_transfer(b, 0) for b in data.train_dataloader()]
     assert len(batches) == 5  # exactly batches_per_epoch, split over the 2 workers
     for b in batches:
         assert set(b) == {"observed", "isolated"}
@@ -170,7 +171,7 @@ def test_training_batches_are_fixed_size_dicts_per_pool(toy_dataset):
 def test_training_crops_vary_between_epochs(toy_dataset):
     cfg = DataConfig(root=str(toy_dataset), segment_seconds=0.5, batch_size=2, batches_per_epoch=2, num_workers=1)
     loader = SeparationDataModule(cfg, {"o": PoolSpec("train", "observed", ["noise"])}).train_dataloader()
-    first, second = [torch.cat([b["o"]["noise"] for b in loader]) for _ in range(2)]
+    first, second = [torch.cat([b["o"]["noise"].float() for b in loader]) for _ in range(2)]
     assert not torch.equal(first, second)
 
 

@@ -6,9 +6,10 @@ Training batches (``train_dataloader``) are nested dicts, one entry per pool the
 
 Every pool is drawn independently (its own shuffled stream), so ``observed`` and ``mixtures`` batches are
 unpaired, as the semi-supervised methods require. ``T`` is ``segment_seconds`` at the dataset's rate: a
-random crop (clips shorter than that are zero-padded at the end), then one random gain per clip applied
-to all its stems, so ``mix == sum(stems)`` still holds. ``labels`` (multi-hot over ``dataset.json``'s
-classes) is present when the dataset has classes.
+random crop (only that span is decoded; clips shorter than that are zero-padded at the end), with one
+random gain per clip applied to all its stems, so ``mix == sum(stems)`` still holds. ``labels`` (multi-hot
+over ``dataset.json``'s classes) is present when the dataset has classes. Workers send the crops as int16
+with their gain; ``on_after_batch_transfer`` (called by Lightning on the device) makes them float32.
 
 Evaluation batches (``val_dataloader``/``test_dataloader``) hold one whole clip each, flat::
 
@@ -102,16 +103,20 @@ class TrainStream(IterableDataset):
         while True:
             yield from iter_tar(rng.choice(self.urls))
 
-    def crop(self, clip: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
-        n = len(clip[self.stems[0]])
-        start = rng.randint(0, max(0, n - self.segment))
-        gain = 10 ** (rng.uniform(*self.gain_db) / 20)
+    def example(self, raw: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
+        """Decode only a random crop (int16, as stored) and draw the clip's gain; padding if it is short."""
+
+        def crop(n: int) -> tuple[int, int]:
+            return rng.randint(0, max(0, n - self.segment)), self.segment
+
+        clip = decode_sample(raw, self.rate, self.stems, dtype="int16", crop=crop)
         out = {}
         for stem in self.stems:
-            piece = clip[stem][start : start + self.segment] * gain
+            piece = clip[stem]
             if len(piece) < self.segment:
                 piece = np.pad(piece, (0, self.segment - len(piece)))
             out[stem] = torch.from_numpy(piece)
+        out["gain"] = torch.tensor(10 ** (rng.uniform(*self.gain_db) / 20) / 32768.0, dtype=torch.float32)
         if self.classes:
             out["labels"] = torch.from_numpy(_labels(clip["meta"], self.classes, self.where))
         return out
@@ -119,13 +124,27 @@ class TrainStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         rng = self._rng()
         raw = wds.shuffle(self.buffer, initial=self.buffer // 2, rng=rng)(self.clips(rng))
-        decoded = (decode_sample(r, self.rate, self.stems) for r in raw)
-        crops = (self.crop(c, rng) for c in decoded)
-        yield from wds.batched(self.batch_size, collation_fn=_stack, partial=False)(crops)
+        examples = (self.example(r, rng) for r in raw)
+        yield from wds.batched(self.batch_size, collation_fn=_stack, partial=False)(examples)
 
 
 def _stack(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    out = {}
+    for k in samples[0]:
+        first = samples[0][k]
+        buffer = None
+        if get_worker_info() is not None:
+            # stack straight into shared memory: the batch then crosses to the main process without a copy
+            storage = first.untyped_storage()._new_shared(len(samples) * first.numel() * first.element_size())
+            buffer = first.new(storage).view(len(samples), *first.shape)
+        out[k] = torch.stack([s[k] for s in samples], out=buffer)
+    return out
+
+
+def to_float(pool: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """int16 crops × (gain / 32768) → float32; other entries (labels) unchanged; the gain is consumed."""
+    scale = pool["gain"].float()[:, None]
+    return {k: (v.float() * scale if v.dtype == torch.int16 else v) for k, v in pool.items() if k != "gain"}
 
 
 class ZipPools(IterableDataset):
@@ -209,6 +228,13 @@ class SeparationDataModule(pl.LightningDataModule):
     @property
     def sample_rate(self) -> int:
         return self.info.sample_rate
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training crops travel as int16 with their gain (half the bytes through worker queues and to the GPU);
+        here, on the device, they become float32 waveforms. Loops outside Lightning must call this too."""
+        if isinstance(batch, dict) and "key" not in batch:
+            return {name: to_float(pool) for name, pool in batch.items()}
+        return batch
 
     def _rank(self) -> tuple[int, int]:
         if self.trainer is not None:
