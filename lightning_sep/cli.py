@@ -13,7 +13,7 @@ import time
 import warnings
 from pathlib import Path
 
-EXIT_USAGE, EXIT_TRAINING = 2, 3
+EXIT_USAGE, EXIT_TRAINING, EXIT_SIGTERM = 2, 3, 143
 
 
 def _experiments_dir() -> Path:
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder (e.g. data/demo-speech-noise)")
     pr.add_argument("--seed", type=int, default=None, help="random seed (default: the recipe's)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
-    pr.add_argument("overrides", nargs="*", help="recipe options as key=value")
+    pr.add_argument("overrides", nargs="*", default=[], help="recipe options as key=value")
     pr.set_defaults(func=cmd_prepare)
 
     f = sub.add_parser("fit", help="train an experiment (resumes its run if one exists)",
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "run.resume=false starts over in a new folder. The last line printed is the run folder.")
     f.add_argument("config", help="experiment YAML, e.g. experiments/supervised/demo_speech_noise.yaml")
     f.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    f.add_argument("overrides", nargs="*", help="key=value overrides")
+    f.add_argument("overrides", nargs="*", default=[], help="key=value overrides")
     f.set_defaults(func=cmd_fit)
 
     t = sub.add_parser("test", help="score a run on the test split; writes results.json and results.md",
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "split and write RUN/results.json and RUN/results.md.")
     t.add_argument("target", help="run folder (runs/<experiment>/<id>) or experiment YAML")
     t.add_argument("--ckpt", help="checkpoint to score (default: the run's checkpoints/last.ckpt)")
-    t.add_argument("overrides", nargs="*", help="key=value overrides (e.g. trainer.devices=2, eval.framewise=true)")
+    t.add_argument("overrides", nargs="*", default=[], help="key=value overrides (e.g. trainer.devices=2, eval.framewise=true)")
     t.set_defaults(func=cmd_test)
 
     s = sub.add_parser("separate", help="separate your own audio files with a trained checkpoint",
@@ -292,16 +292,41 @@ def build_parser() -> argparse.ArgumentParser:
                        "experiment on it, test them and print one table.")
     d.add_argument("--data", default="data/demo-speech-noise", help="where the demo dataset is (or is built)")
     d.add_argument("--runs", default="runs", help="runs root")
-    d.add_argument("overrides", nargs="*", help="key=value overrides applied to every demo experiment")
+    d.add_argument("overrides", nargs="*", default=[], help="key=value overrides applied to every demo experiment")
     d.set_defaults(func=cmd_demo)
     return p
 
 
+def _quiet_library_chatter() -> None:
+    """Drop advertisements and deprecation notices of our dependencies that say nothing about the run."""
+    import logging
+
+    for pattern in (".*does not have many workers.*", ".*LeafSpec.*", ".*`IterableDataset` has `__len__` defined.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip"))
+    logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").addFilter(
+        lambda record: "`weights_only` was not set" not in str(record.msg))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --key=value config overrides (the form W&B sweep agents pass) join the key=value ones
+    # (pulled out before argparse, which cannot mix optional flags into a variable-length positional list)
+    flags = {opt for action in parser._subparsers._group_actions for sub in action.choices.values()
+             for a in sub._actions for opt in a.option_strings}
+    overrides = [a for a in argv if "=" in a and (not a.startswith("-") or a.split("=", 1)[0] not in flags)]
+    args = parser.parse_args([a for a in argv if a not in overrides])
+    if overrides and not hasattr(args, "overrides"):
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    if hasattr(args, "overrides"):
+        args.overrides = overrides
+    _quiet_library_chatter()
     from .config import ConfigError
     from .data.shards import DatasetError
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     from .methods.base import NonFiniteLossError
 
     try:
@@ -312,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"lightning-sep {args.command}: training stopped: {e}", file=sys.stderr)
         return EXIT_TRAINING
+    except SIGTERMException:
+        print(f"lightning-sep {args.command}: stopped by SIGTERM; checkpoints/last.ckpt holds the progress, "
+              "run the same command again to resume", file=sys.stderr)
+        return EXIT_SIGTERM
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ class OptimConfig:
 class EvalConfig:
     """How `lightning-sep test` scores separated clips."""
 
-    bss: bool = True  # also compute SDR/SIR/SAR (BSS Eval v4 definition, fast_bss_eval)
+    bss: bool = True  # also compute SDR/SIR/SAR (BSS Eval v4 as museval defines it; our exact, faster solver)
     framewise: bool = False  # BSS Eval framewise (museval-style windows) instead of whole clips
     window_s: float = 1.0  # framewise window in seconds
     hop_s: float = 1.0  # framewise hop in seconds
@@ -105,9 +105,10 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-# keys that say how and where a run executes, not what it computes
+# keys that say how and where a run executes, not what it computes; max_steps is the budget: raising it
+# continues the same run (schedules count steps, so 2000 steps then 2000 more equal a 4000-step run)
 OPERATIONAL = {
-    "data.root", "data.num_workers", "data.valid_clips", "trainer.accelerator", "trainer.devices",
+    "trainer.max_steps", "data.root", "data.num_workers", "data.valid_clips", "trainer.accelerator", "trainer.devices",
     "trainer.strategy", "trainer.num_nodes", "trainer.progress_bar", "trainer.checkpoint_every_n_steps",
     "trainer.log_every_n_steps", "eval", "logging", "run",
 }
@@ -133,7 +134,7 @@ def _check_keys(schema: Any, given: Any, where: str, prefix: str = "") -> None:
         path = f"{prefix}{key}"
         if key not in valid:
             close = difflib.get_close_matches(str(key), list(valid), n=1)
-            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+            hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
             raise ConfigError(
                 f"unknown config key {path!r} in {where}{hint}; valid keys"
                 f"{' under ' + repr(prefix[:-1]) if prefix else ''}: {', '.join(sorted(valid))}"

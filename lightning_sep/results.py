@@ -13,9 +13,12 @@ LABELS = {"si_sdr": "SI-SDR", "si_sdri": "SI-SDRi", "sdr": "SDR", "sir": "SIR", 
 
 
 def _json_safe(x: Any) -> Any:
-    """JSON has no NaN: NaN becomes null (the summary's n_nan counts them)."""
+    """JSON has no NaN or infinity: NaN becomes null (the summary's n_nan counts them), ±inf the string "inf"/"-inf"
+    (BSS Eval's SIR of a lone source, no interference at all)."""
     if isinstance(x, float) and math.isnan(x):
         return None
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"
     if isinstance(x, dict):
         return {k: _json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):

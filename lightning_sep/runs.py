@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from .config import identity
@@ -81,6 +82,10 @@ class LastCheckpoint(pl.Callback):
             trainer.save_checkpoint(self.path)
             self._saved_at = trainer.global_step
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step > 0 and trainer.is_global_zero:
+            print(f"resumed training at step {trainer.global_step} of {trainer.max_steps}", flush=True)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every == 0:
             self._save(trainer)
@@ -91,7 +96,7 @@ class LastCheckpoint(pl.Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # a SIGTERM (scheduler preemption, `kill`) arrives as an exception; saving is safe only when no other
         # rank has to join the collective save, i.e. in a single-process run
-        if trainer.world_size == 1 and type(exception).__name__ in ("SIGTERMException", "KeyboardInterrupt"):
+        if trainer.world_size == 1 and isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             self._save(trainer)
 
 

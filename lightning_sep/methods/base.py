@@ -127,6 +127,11 @@ class SeparationModule(pl.LightningModule):
     # ------------------------------------------------------------------ test
     def on_test_epoch_start(self) -> None:
         self.test_rows = []
+        if self.device.type == "cpu":
+            # float32 convolutions sum in an order that depends on the thread count: one thread per process
+            # makes a clip's scores identical whether 1 or N processes evaluate (set here, after Lightning's
+            # own per-process thread setting)
+            torch.set_num_threads(1)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         est = self.separate(batch["mix"])

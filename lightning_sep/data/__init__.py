@@ -1,0 +1,1 @@
+"""Datasets: the prepared-dataset format (``shards``), the training DataModule and the recipes that build datasets."""
