@@ -20,15 +20,22 @@ import importlib.metadata
 import importlib.util
 import math
 import os
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import scipy.fft
+import scipy.linalg
 import torch
+from scipy.linalg import lapack
 from torch import Tensor
 
 FILTER_LENGTH = 512
 _REL_PRED_ERROR_FLOOR = 1e-10  # Levinson is only trusted while references stay this unpredictable (else dense solve)
+_CANCELLATION_FLOOR = 1e-8  # lag-domain energies are kept while under ~1e-15/1e-8 of them is rounding (else exact)
+_MAX_SPECTRUM_VALUES = 2**23  # items per chunk: spectra of all its signals stay under ~128 MB
+_SCRATCH_BYTES = 2**26  # work arrays up to 64 MB are kept per thread for the next call
 
 
 def _version(package: str) -> str:
@@ -84,21 +91,63 @@ def _fft_len(n: int) -> int:
     return best
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """An uninitialised work array kept per thread between calls (up to ``_SCRATCH_BYTES`` each).
+
+    Fresh multi-MB arrays are mapped from and returned to the OS on every call; the page faults of
+    touching them again cost as much as the FFTs that fill them on small VMs. Callers overwrite the
+    whole array and return nothing that aliases it.
+    """
+    cache = _SCRATCH.__dict__
+    arr = cache.get(name)
+    if arr is None or arr.shape != shape or arr.dtype != dtype:
+        arr = np.empty(shape, dtype)
+        if arr.nbytes <= _SCRATCH_BYTES:
+            cache[name] = arr
+    return arr
+
+
+def _energy(spec: np.ndarray, n_fft: int) -> np.ndarray:
+    """Σ x² over the n_fft samples of real signals from their rfft spectra (Parseval), (..., F) → (...)."""
+    weights = np.full(spec.shape[-1], 2.0)
+    weights[0] = 1.0
+    if n_fft % 2 == 0:
+        weights[-1] = 1.0  # Nyquist bin
+    return (spec.real**2 + spec.imag**2) @ weights / n_fft
+
+
 def _correlations(ref: np.ndarray, est: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """R[b, t, k, l] = Σ_m r_k[m] r_l[m+t] and g[b, d, k, j] = Σ_m r_k[m] e_j[m+d] for lags 0..L-1.
 
     These are the Gram matrix of the L delayed (zero-padded) references and their products with the
-    estimates: the normal equations of museval's distortion filters. Also returns the references'
-    spectra and FFT size for reuse.
+    estimates: the normal equations of museval's distortion filters. One rfft of all signals and one irfft
+    of the K(K+1)/2 reference pairs (R_lk(t) = R_kl(−t) comes from the same circular correlation, so the
+    Gram matrix is exactly symmetric, as museval's) and the K·J reference-estimate pairs. Also returns the
+    spectra [references, estimates] (B, K + J, F) and the FFT size, reused for the projections.
     """
-    n_fft = _fft_len(ref.shape[-1] + L - 1)  # ≥ N + L − 1: linear, not circular, lags
-    rf, ef = np.fft.rfft(ref, n_fft), np.fft.rfft(est, n_fft)
-    B, K = ref.shape[:2]
-    R, g = np.empty((B, L, K, K)), np.empty((B, L, K, est.shape[1]))
-    for k in range(K):  # one row at a time keeps memory at O(K·n_fft) per item for long tracks
-        R[:, :, k] = np.fft.irfft(rf[:, k, None].conj() * rf, n_fft)[..., :L].transpose(0, 2, 1)
-        g[:, :, k] = np.fft.irfft(rf[:, k, None].conj() * ef, n_fft)[..., :L].transpose(0, 2, 1)
-    return R, g, rf, n_fft
+    B, K, N = ref.shape
+    J = est.shape[1]
+    n_fft = _fft_len(N + L - 1)  # ≥ N + L − 1: linear, not circular, lags
+    n_freq = n_fft // 2 + 1
+    k1, k2 = np.triu_indices(K)
+    rows = [(k, l) for k, l in zip(k1, k2, strict=True)] + [(k, K + j) for k in range(K) for j in range(J)]
+    spec = _scratch("spec", (B, K + J, n_freq), complex)
+    np.fft.rfft(ref, n_fft, out=spec[:, :K])
+    np.fft.rfft(est, n_fft, out=spec[:, K:])
+    cross = _scratch("cross", (B, len(rows), n_freq), complex)
+    for i, (k, l) in enumerate(rows):
+        np.multiply(spec[:, k].conj(), spec[:, l], out=cross[:, i])
+    corr = np.fft.irfft(cross, n_fft, out=_scratch("corr", (B, len(rows), n_fft), float))
+    n_pair = len(k1)
+    R = np.empty((B, L, K, K))
+    R[:, :, k1, k2] = corr[:, :n_pair, :L].transpose(0, 2, 1)
+    upper = k1 < k2  # R_lk(t) = R_kl(−t): circular lag n_fft − t
+    R[:, :, k2[upper], k1[upper]] = corr[:, :n_pair][:, upper][..., -np.arange(L) % n_fft].transpose(0, 2, 1)
+    g = corr[:, n_pair:, :L].reshape(B, K, J, L).transpose(0, 3, 1, 2)
+    return R, g, spec, n_fft
 
 
 def _lag_blocks(R: np.ndarray, s: int) -> np.ndarray:
@@ -119,59 +168,214 @@ def _dense_solve(R: np.ndarray, g: np.ndarray) -> np.ndarray:
     return np.linalg.solve(G, g.reshape(B, L * K, -1)).reshape(g.shape)
 
 
+def _posv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a⁻¹b for one symmetric positive definite ``a`` (LAPACK Cholesky: a third of np.linalg.solve's overhead)."""
+    _, x, info = lapack.dposv(a, b)
+    if info:
+        raise np.linalg.LinAlgError("prediction-error matrix is not positive definite")
+    return x
+
+
 def _block_levinson(R: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Solve Σ_d' R(d − d') x(d') = g(d), d < P, with R(−t) = R(t)ᵀ (R: (B, P, M, M), g: (B, P, M, J)).
+    """Solve Σ_d' R(d − d') x(d') = g(d), d < P, with R(−t) = R(t)ᵀ (R: (..., P, M, M), g: (..., P, M, J)).
 
-    Block Levinson (Whittle/Wiggins–Robinson) recursion with forward and backward predictors, O(P²M³).
-    Returns x and the final forward prediction-error matrix (its diagonal tells how well conditioned it was).
+    Block Levinson (Whittle/Wiggins–Robinson) recursion with forward and backward predictors, O(P²M³),
+    over any leading batch dims (one Python loop for all systems). The symmetry makes the backward
+    residual the transpose of the forward one (one product fewer per step); products go to reused
+    buffers. Returns x and the final forward prediction-error matrix (its diagonal tells how well
+    conditioned the system was).
     """
-    B, P, M, _ = R.shape
+    *lead, P, M, _ = R.shape
+    lead = tuple(lead)
     J = g.shape[-1]
-    fwd = np.ascontiguousarray(R[:, ::-1].transpose(0, 2, 1, 3))  # [b, k, i, l] = R(P−1−i)[k, l]
-    bwd = np.ascontiguousarray(R.transpose(0, 3, 1, 2))  # [b, k, t, l] = R(t)[l, k]
-    A = np.zeros((B, P, M, M))  # forward predictor blocks a_0..a_n (a_0 = I)
-    Bk = np.zeros((B, P, M, M))  # backward predictor, right-aligned: b_i at P−1−n+i (b_n = I)
-    X = np.zeros((B, P, M, J))
-    A[:, 0] = Bk[:, P - 1] = np.eye(M)
-    Pa, Pb = R[:, 0].copy(), R[:, 0].copy()
-    X[:, 0] = np.linalg.solve(Pa, g[:, 0])
+    solve = np.linalg.solve if lead else _posv
+    # fwd[..., k, i·M + l] = R(P−1−i)[k, l]: the block row R(n+1), ..., R(1) is a contiguous column range
+    fwd = np.ascontiguousarray(np.swapaxes(R[..., ::-1, :, :], -3, -2)).reshape(lead + (M, P * M))
+    A = np.zeros(lead + (P * M, M))  # forward predictor blocks a_0..a_n stacked (a_0 = I)
+    Bk = np.zeros(lead + (P * M, M))  # backward predictor, right-aligned: b_i at block P−1−n+i (b_n = I)
+    X = np.zeros(lead + (P * M, J))
+    A[..., :M, :] = Bk[..., (P - 1) * M :, :] = np.eye(M)
+    buf_a, buf_b, buf_x = np.empty_like(A), np.empty_like(A), np.empty_like(X)
+    Pa = Pb = R[..., 0, :, :].copy()
+    X[..., :M, :] = solve(Pa, g[..., 0, :, :])
     for n in range(P - 1):
-        m = (n + 1) * M
-        Rn = fwd[:, :, P - 2 - n : P - 1].reshape(B, M, m)  # R(n+1−i), i = 0..n
-        a, b = A[:, : n + 1].reshape(B, m, M), Bk[:, P - 1 - n :].reshape(B, m, M)
-        da, pred = Rn @ a, Rn @ X[:, : n + 1].reshape(B, m, J)
-        db = bwd[:, :, 1 : n + 2].reshape(B, M, m) @ b
-        ka, kb = np.linalg.solve(Pb, da), np.linalg.solve(Pa, db)
-        a_kb = a @ kb
-        A[:, 1 : n + 2] -= (b @ ka).reshape(B, n + 1, M, M)
-        Bk[:, P - 2 - n : P - 1] -= a_kb.reshape(B, n + 1, M, M)
+        m, top = (n + 1) * M, (P - 2 - n) * M
+        Rn = fwd[..., top : (P - 1) * M]  # R(n+1−i), i = 0..n
+        a, b = A[..., :m, :], Bk[..., top + M :, :]
+        da, pred = Rn @ a, Rn @ X[..., :m, :]
+        db = np.swapaxes(da, -1, -2)  # Σ_i R(i+1)ᵀ b_i = daᵀ for a symmetric block-Toeplitz matrix
+        ka, kb = solve(Pb, da), solve(Pa, db)
+        np.matmul(b, ka, out=buf_a[..., :m, :])
+        np.matmul(a, kb, out=buf_b[..., :m, :])
+        A[..., M : m + M, :] -= buf_a[..., :m, :]
+        Bk[..., top : top + m, :] -= buf_b[..., :m, :]
         Pa, Pb = Pa - db @ ka, Pb - da @ kb
-        step = np.linalg.solve(Pb, g[:, n + 1] - pred)
-        X[:, : n + 2] += (Bk[:, P - 2 - n :].reshape(B, (n + 2) * M, M) @ step).reshape(B, n + 2, M, J)
-    return X, Pa
+        step = solve(Pb, g[..., n + 1, :, :] - pred)
+        np.matmul(Bk[..., top:, :], step, out=buf_x[..., : m + M, :])
+        X[..., : m + M, :] += buf_x[..., : m + M, :]
+    return X.reshape(lead + (P, M, J)), Pa
 
 
-def _solve_filters(R: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Distortion filters x: Σ_d' R(d − d') x(d') = g(d) for lags d < L — museval's normal equations.
+def _levinson_checked(R: np.ndarray, g: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Block Levinson on groups of ``s`` lags for a batch (B, L, K, K) → (x (B, L, K, J), ok (B,)).
 
-    Solved by block Levinson on groups of up to 8 lags (fewer, larger steps: ~3x faster than single lags
-    in numpy) in O(L²K³) instead of museval's dense O((LK)³) solve. Items whose references are
-    (numerically) perfectly predictable, where the recursion loses accuracy, use the dense solve.
+    Not ok: an item whose references are (numerically) perfectly predictable, where the recursion
+    loses accuracy (relative prediction error under the floor, non-finite output, or a prediction-error
+    matrix that is not positive definite).
     """
     B, L, K, J = g.shape
-    s = math.gcd(L, 8)
     grouped = _lag_blocks(R, s)
+    gg = g.reshape(B, L // s, s * K, J)
+    if B == 1:
+        X, Pa = _block_levinson(grouped[0], gg[0])
+        X, Pa = X[None], Pa[None]
+    else:
+        X, Pa = _block_levinson(grouped, gg)
+    X = X.reshape(g.shape)
+    diag = np.diagonal(grouped[:, 0], axis1=-2, axis2=-1)
+    rel = np.diagonal(Pa, axis1=-2, axis2=-1) / np.where(diag > 0, diag, 1.0)
+    ok = np.isfinite(X).all(axis=(1, 2, 3)) & (rel.min(-1) >= _REL_PRED_ERROR_FLOOR)
+    return X, ok
+
+
+def _solve_filters(R: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distortion filters x: Σ_d' R(d − d') x(d') = g(d) for lags d < L — museval's normal equations.
+
+    Solved by block Levinson on groups of lags in O(L²K³) instead of museval's dense O((LK)³) solve:
+    groups of 8 lags for one item (fewer, larger steps: Python overhead), of 4 for a batch (which shares
+    the steps, so arithmetic dominates). Items whose references are (numerically) perfectly predictable,
+    where the recursion loses accuracy, use the dense solve. Returns x (B, L, K, J) and that fallback mask.
+    """
+    B, L, K, J = g.shape
+    s = math.gcd(L, 8 if B == 1 else 4)
     try:
-        X, Pa = _block_levinson(grouped, g.reshape(B, L // s, s * K, J))
-        X = X.reshape(g.shape)
-        diag = np.diagonal(grouped[:, 0], axis1=-2, axis2=-1)
-        rel = np.diagonal(Pa, axis1=-2, axis2=-1) / np.where(diag > 0, diag, 1.0)
-        bad = ~np.isfinite(X).all(axis=(1, 2, 3)) | (rel.min(-1) < _REL_PRED_ERROR_FLOOR)
-    except np.linalg.LinAlgError:
-        X, bad = np.zeros(g.shape), np.ones(B, dtype=bool)
+        X, ok = _levinson_checked(R, g, s)
+    except np.linalg.LinAlgError:  # one item broke the batched recursion: retry each on its own
+        if B == 1:
+            X, ok = np.zeros(g.shape), np.zeros(1, dtype=bool)
+        else:
+            parts = [_solve_filters(R[b : b + 1], g[b : b + 1]) for b in range(B)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    bad = ~ok
     if bad.any():
         X[bad] = _dense_solve(R[bad], g[bad])
-    return X
+    return X, bad
+
+
+def _own_filters(R: np.ndarray, g: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """Filters of estimate j on delays of its own reference j only (museval's ``Cj``): (B, L, K).
+
+    Each is a symmetric Toeplitz system (Levinson–Durbin in scipy, O(L²)). It is a principal submatrix of
+    the item's full Gram matrix, so at least as well conditioned (eigenvalue interlacing): items whose
+    full system needed the dense solve use it here too, as does any system Levinson fails on.
+    """
+    B, L, K, _ = R.shape
+    out = np.empty((B, L, K))
+    for b in range(B):
+        for j in range(K):
+            x = None
+            if not bad[b]:
+                try:
+                    x = scipy.linalg.solve_toeplitz(R[b, :, j, j], g[b, :, j, j], check_finite=False)
+                except np.linalg.LinAlgError:
+                    x = None
+            if x is None or not np.isfinite(x).all():
+                x = _dense_solve(R[b : b + 1, :, j : j + 1, j : j + 1], g[b : b + 1, :, j : j + 1, j : j + 1]).ravel()
+            out[b, :, j] = x
+    return out
+
+
+def _quadratic_form(H: np.ndarray, V: np.ndarray, weights: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Σ_kl v_kᵀ T_kl v_l for filters v (spectra V (B, J, K, F)) and Toeplitz blocks T_kl given by the spectra H
+    (B, K, K, F) of their circulant embedding (size n ≥ 2L − 1, so the embedding is exact on L-tap filters).
+    Returns (B, J) values and the sum of the magnitudes of the terms (the scale of their rounding error).
+    """
+    value = np.einsum("bklf,bjlf->bjkf", H, V)
+    value = (V.real * value.real + V.imag * value.imag).sum(2) @ weights / n
+    absV = np.abs(V)
+    scale = (np.einsum("bklf,bjlf->bjkf", np.abs(H), absV) * absV).sum(2) @ weights / n
+    return value, scale
+
+
+def _whole_clip(ref: np.ndarray, est: np.ndarray, spec: np.ndarray, n_fft: int, R: np.ndarray, g: np.ndarray,
+                X: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """museval's decomposition of the whole (zero-padded) clip: (3, B, K) SDR, SIR, SAR.
+
+    p_all = Σ_k r_k ∗ x_jk and p_own = r_j ∗ own_j are projections onto delayed references, so their
+    energies are quadratic forms in the Gram matrix: ‖p_all‖² = xᵀGx, ‖p_own‖² = ownᵀG_jj own,
+    ‖p_all − p_own‖² = dᵀGd (d = x − own on source j), evaluated with FFTs of size ~2L instead of the
+    clip length; the artifact energy ‖e − p_all‖² = ‖e‖² − 2xᵀg + xᵀGx. Where one of these would lose
+    more than 8 digits to cancellation (SAR ≳ 80 dB, or a tiny interference / projection against
+    large terms; what is left is ≲ 1e-6 relative, ≲ 1e-5 dB), that item's energies come from the projections' spectra on the clip's FFT grid
+    instead, as museval's time-domain sums. SDR (mono v4) = ‖s‖²/‖e − s‖² in the time domain.
+    """
+    B, K, N = ref.shape
+    L, J = X.shape[1], X.shape[-1]
+    n_small = _fft_len(2 * L - 1)
+    h = np.zeros((B, K, K, n_small))  # circulant embedding of R(t), |t| < L
+    h[..., :L] = R.transpose(0, 2, 3, 1)
+    h[..., n_small - L + 1 :] = R[:, :0:-1].transpose(0, 3, 2, 1)  # h_kl(−t) = R_kl(−t) = R_lk(t)
+    H = scipy.fft.rfft(h, n_small)
+    V = scipy.fft.rfft(np.concatenate([X.transpose(0, 3, 2, 1), own.transpose(0, 2, 1)[:, :, None]], axis=2), n_small)
+    V_all, V_own = V[:, :, :K], V[:, :, K]  # [b, j, k, f], [b, j, f]
+    weights = np.full(H.shape[-1], 2.0)
+    weights[0] = 1.0
+    if n_small % 2 == 0:
+        weights[-1] = 1.0
+    jj = np.arange(J)
+    e_all, s_all = _quadratic_form(H, V_all, weights, n_small)
+    H_own, power_own = H[:, jj, jj], V_own.real**2 + V_own.imag**2  # [b, j, f]: T_jj, own_j
+    e_own, s_own = (power_own * H_own.real) @ weights / n_small, (power_own * np.abs(H_own)) @ weights / n_small
+    if K > 1:
+        D = V_all.copy()
+        D[:, jj, jj] -= V_own
+        e_int, s_int = _quadratic_form(H, D, weights, n_small)
+    else:  # K = 1: p_all = p_own, SIR = inf (museval's convention)
+        e_int = s_int = np.zeros((B, J))
+    e_est = (est**2).sum(-1)
+    xg = np.einsum("bdkj,bdkj->bj", X, g)
+    artif = e_est - 2 * xg + e_all
+    s_art = e_est + 2 * np.abs(xg) + s_all
+    floor = _CANCELLATION_FLOOR
+    lossy = (e_all < floor * s_all) | (e_own < floor * s_own) | (e_int < floor * s_int) | (artif < floor * s_art)
+    redo = np.flatnonzero(lossy.any(-1))
+    if redo.size:
+        S, E = spec[redo, :K], spec[redo, K:]
+        C = scipy.fft.rfft(np.concatenate([X[redo].transpose(0, 3, 2, 1), own[redo].transpose(0, 2, 1)[:, :, None]],
+                                          axis=2), n_fft)
+        p_all = (S[:, None] * C[:, :, :K]).sum(2)  # [b, j, f] = Σ_k S_k C_jk
+        p_own = S * C[:, :, K]
+        e_all[redo], e_own[redo], artif[redo] = (_energy(x, n_fft) for x in (p_all, p_own, E - p_all))
+        if K > 1:
+            e_int[redo] = _energy(p_all - p_own, n_fft)
+    sdr = _safe_db((ref**2).sum(-1), ((est - ref) ** 2).sum(-1))
+    return np.stack([sdr, _safe_db(e_own, e_int), _safe_db(e_all, artif)])
+
+
+def _framewise(ref: np.ndarray, est: np.ndarray, X: np.ndarray, own: np.ndarray, W: int, hop: int,
+               n_frames: int) -> np.ndarray:
+    """museval's decomposition of each zero-padded frame (length W + L − 1) with whole-clip filters: (3, B, K, frames)."""
+    B, K, _ = ref.shape
+    L = X.shape[1]
+    n_fft = _fft_len(W + L - 1)
+    C = scipy.fft.rfft(X.transpose(0, 3, 2, 1), n_fft)  # [b, j, k, f]
+    Cj = scipy.fft.rfft(own.transpose(0, 2, 1), n_fft)  # [b, j, f]
+    starts = np.arange(n_frames) * hop
+    chunk = max(1, int(2**23 // (B * K * n_fft)))  # bound the frame spectra to ~128 MB
+    res = np.full((3, B, K, n_frames), np.nan)
+    for f0 in range(0, n_frames, chunk):
+        idx = starts[f0 : f0 + chunk, None] + np.arange(W)
+        s, e = ref[:, :, idx], est[:, :, idx]  # (b, k, frames, W)
+        S = scipy.fft.rfft(s, n_fft)
+        live = ~((s == 0).all(-1).any(1) | (e == 0).all(-1).any(1))  # (b, frames)
+        p_all = scipy.fft.irfft(np.einsum("bkfn,bjkn->bjfn", S, C), n_fft)[..., : W + L - 1]
+        p_own = scipy.fft.irfft(S * Cj[:, :, None], n_fft)[..., : W + L - 1] if K > 1 else p_all  # K = 1: SIR = inf
+        artif = ((e - p_all[..., :W]) ** 2).sum(-1) + (p_all[..., W:] ** 2).sum(-1)
+        sdr = _safe_db((s**2).sum(-1), ((e - s) ** 2).sum(-1))
+        sir = _safe_db((p_own**2).sum(-1), ((p_all - p_own) ** 2).sum(-1))
+        sar = _safe_db((p_all**2).sum(-1), artif)
+        res[:, :, :, f0 : f0 + chunk] = np.where(live[:, None], np.stack([sdr, sir, sar]), np.nan)
+    return res
 
 
 def _bss_eval_v4(ref: np.ndarray, est: np.ndarray, window: int, hop: int, L: int) -> np.ndarray:
@@ -180,41 +384,25 @@ def _bss_eval_v4(ref: np.ndarray, est: np.ndarray, window: int, hop: int, L: int
     Frames follow museval's ``Framing``: n = ⌊(N − W + H)/H⌋ full frames (a trailing partial frame is
     dropped); one whole-signal frame when W ≥ N. A frame where any reference or any estimate is all
     zeros is NaN for every source; so is every frame of an item with an all-zero stem (museval raises).
+    Items go through in chunks that bound the spectra held at once; within a chunk they share one
+    block-Levinson recursion (a batch pays its Python overhead once).
     """
     B, K, N = ref.shape
     W, n_frames = (window, (N - window + hop) // hop) if window < N else (N, 1)
     out = np.full((3, B, K, n_frames), np.nan)
-    ok = ~((ref == 0).all(-1).any(-1) | (est == 0).all(-1).any(-1))
-    if not ok.any():
-        return out
-    ref, est = ref[ok], est[ok]
-    R, g, ref_spec, _ = _correlations(ref, est, L)
-    # filters from the whole clip: est j onto all references (C) and onto its own reference (Cj)
-    own_R = R * np.eye(K)  # block-diagonal system = K independent single-reference problems
-    X = _solve_filters(np.concatenate([R, own_R]), np.concatenate([g, g]))
-    n_fft = _fft_len(W + L - 1)
-    C = np.fft.rfft(X[: len(ref)].transpose(0, 3, 2, 1), n_fft)  # [b, j, k, f]
-    Cj = np.fft.rfft(np.diagonal(X[len(ref) :], axis1=2, axis2=3).transpose(0, 2, 1), n_fft)  # [b, j, f]
-    starts = np.arange(n_frames) * hop
-    chunk = max(1, int(2**23 // (len(ref) * K * n_fft)))  # bound the frame spectra to ~128 MB
-    res = np.full((3, len(ref), K, n_frames), np.nan)
-    for f0 in range(0, n_frames, chunk):
-        if W == N:  # the whole clip: its spectrum is already known
-            s, e, S = ref[:, :, None], est[:, :, None], ref_spec[:, :, None]
+    items = np.flatnonzero(~((ref == 0).all(-1).any(-1) | (est == 0).all(-1).any(-1)))
+    chunk = max(1, _MAX_SPECTRUM_VALUES // (2 * K * _fft_len(N + L - 1)))
+    for i0 in range(0, len(items), chunk):
+        idx = items[i0 : i0 + chunk]
+        r, e = ref[idx], est[idx]
+        R, g, spec, n_fft = _correlations(r, e, L)
+        X, bad = _solve_filters(R, g)  # est j onto all references (museval's C)
+        own = _own_filters(R, g, bad) if K > 1 else X[:, :, 0]  # est j onto its own reference (Cj)
+        if W == N:
+            out[:, idx] = _whole_clip(r, e, spec, n_fft, R, g, X, own)[..., None]
         else:
-            idx = starts[f0 : f0 + chunk, None] + np.arange(W)
-            s, e = ref[:, :, idx], est[:, :, idx]  # (b, k, frames, W)
-            S = np.fft.rfft(s, n_fft)
-        live = ~((s == 0).all(-1).any(1) | (e == 0).all(-1).any(1))  # (b, frames)
-        # museval's decomposition of each zero-padded frame (length W + L − 1), via its projections
-        p_all = np.fft.irfft(np.einsum("bkfn,bjkn->bjfn", S, C), n_fft)[..., : W + L - 1]
-        p_own = np.fft.irfft(S * Cj[:, :, None], n_fft)[..., : W + L - 1] if K > 1 else p_all  # K = 1: SIR = inf
-        artif = ((e - p_all[..., :W]) ** 2).sum(-1) + (p_all[..., W:] ** 2).sum(-1)
-        sdr = _safe_db((s**2).sum(-1), ((e - s) ** 2).sum(-1))
-        sir = _safe_db((p_own**2).sum(-1), ((p_all - p_own) ** 2).sum(-1))
-        sar = _safe_db((p_all**2).sum(-1), artif)
-        res[:, :, :, f0 : f0 + chunk] = np.where(live[:, None], np.stack([sdr, sir, sar]), np.nan)
-    out[:, ok] = res
+            del spec
+            out[:, idx] = _framewise(r, e, X, own, W, hop, n_frames)
     return out
 
 

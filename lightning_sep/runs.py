@@ -55,8 +55,9 @@ def is_rank_zero() -> bool:
 
 
 def last_checkpoint(folder: Path) -> Path | None:
-    path = folder / "checkpoints" / "last.ckpt"
-    return path if path.is_file() else None
+    """The newest of ``checkpoints/last.ckpt`` and the ``hpc_ckpt_*.ckpt`` Lightning saves on SLURM's SIGUSR1."""
+    candidates = [p for p in [folder / "checkpoints" / "last.ckpt", *folder.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,4 +1,9 @@
-"""Mask U-Net: log-magnitude spectrogram in, one soft mask per source out (masks sum to one)."""
+"""Mask U-Net: log-magnitude spectrogram in, one soft mask per source out (masks sum to one).
+
+The encoder halves frequency and time with strided convolutions and the decoder doubles them back with
+transposed convolutions, concatenating the encoder's features at each scale (Jansson et al. 2017 style). Strided
+layers keep the work at full resolution to the last layer, which is what makes this trainable on a CPU.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,17 +17,19 @@ from torch import Tensor, nn
 class UNetConfig:
     """Size of the mask U-Net."""
 
-    depth: int = 4  # number of down/up-sampling levels (each halves frequency and time)
+    depth: int = 5  # number of down/up-sampling levels (each halves frequency and time)
     channels: int = 16  # channels of the first level; doubled at each level below
     max_channels: int = 256  # cap on channels per level
-    dropout: float = 0.0  # dropout in the two deepest decoder levels
+    kernel_size: int = 3  # encoder kernel (odd)
+    dropout: float = 0.0  # dropout after the three deepest decoder levels
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2),
-    )
+def _down(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride=2, padding=k // 2), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2))
+
+
+def _up(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
 
 
 class MaskUNet(nn.Module):
@@ -30,37 +37,44 @@ class MaskUNet(nn.Module):
 
     ``forward`` takes (B, F, N) log magnitudes and returns (B, K, F, N) masks that sum to one over K
     (a softmax; with K = 2 this is a sigmoid mask and its complement), so masked estimates always add
-    up to the mixture. Any F and N work: the input is padded to a multiple of 2**depth and cropped back.
+    up to the mixture. Any F and N work: the input is padded to a multiple of 2**depth and cropped back;
+    an odd top bin (F = 2**depth * n + 1, e.g. the Nyquist bin of n_fft = 256) shares its neighbour's mask
+    instead of padding a whole block of empty bins.
     """
 
     def __init__(self, n_sources: int, cfg: UNetConfig):
         super().__init__()
         self.n_sources, self.cfg = n_sources, cfg
-        widths = [min(cfg.channels * 2**i, cfg.max_channels) for i in range(cfg.depth + 1)]
+        widths = [min(cfg.channels * 2**i, cfg.max_channels) for i in range(cfg.depth)]
         self.norm = nn.BatchNorm2d(1)
-        self.down = nn.ModuleList(_block(cin, cout) for cin, cout in zip([1] + widths[:-2], widths[:-1]))
-        self.bottom = _block(widths[-2], widths[-1])
+        self.down = nn.ModuleList(_down(cin, cout, cfg.kernel_size) for cin, cout in zip([1] + widths[:-1], widths))
+        # decoder level i takes the level below (concatenated with its skip, except at the bottom)
         self.up = nn.ModuleList(
-            nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(cfg.depth))
+            _up(widths[i] * (1 if i == cfg.depth - 1 else 2), widths[i - 1] if i > 0 else cfg.channels)
+            for i in reversed(range(cfg.depth))
         )
-        self.dec = nn.ModuleList(_block(2 * widths[i], widths[i]) for i in reversed(range(cfg.depth)))
         self.drop = nn.Dropout2d(cfg.dropout)
-        self.head = nn.Conv2d(widths[0], n_sources, 1)
+        self.head = nn.Conv2d(cfg.channels + 1, n_sources, 3, padding=1)
 
     def forward(self, log_mag: Tensor) -> Tensor:
         _, n_freq, n_frames = log_mag.shape
         mult = 2**self.cfg.depth
-        x = F.pad(log_mag[:, None], (0, -n_frames % mult, 0, -n_freq % mult), mode="replicate")
-        x = self.norm(x)
+        x = log_mag[:, :-1] if n_freq % mult == 1 else log_mag
+        height = x.shape[1]
+        x = F.pad(x[:, None], (0, -n_frames % mult, 0, -height % mult), mode="replicate")
+        x = inp = self.norm(x)
         skips = []
-        for block in self.down:
-            x = block(x)
+        for down in self.down:
+            x = down(x)
             skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.bottom(x)
-        for i, (up, dec) in enumerate(zip(self.up, self.dec)):
-            x = dec(torch.cat([up(x), skips.pop()], dim=1))
-            if i < 2:
+        skips.pop()  # the bottom level feeds the decoder directly
+        for i, up in enumerate(self.up):
+            x = up(x)
+            if i < 3:
                 x = self.drop(x)
-        logits = self.head(x)[..., :n_freq, :n_frames]
+            if skips:
+                x = torch.cat([x, skips.pop()], dim=1)
+        logits = self.head(torch.cat([x, inp], dim=1))[..., :height, :n_frames]
+        if height < n_freq:
+            logits = torch.cat([logits, logits[:, :, -1:]], dim=2)
         return torch.softmax(logits.float(), dim=1)
