@@ -48,6 +48,14 @@ class STFT(nn.Module):
             n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length
         )
 
+    def _apply(self, fn, *args, **kwargs):
+        # a module cast to half precision ("bf16-true", .half()) must not take the window with it
+        super()._apply(fn, *args, **kwargs)
+        for transform in (self.spec, self.ispec):
+            if transform.window.dtype in (torch.float16, torch.bfloat16):
+                transform.window = torch.hann_window(self.cfg.win_length, device=transform.window.device)
+        return self
+
     @property
     def n_bins(self) -> int:
         return self.cfg.n_fft // 2 + 1

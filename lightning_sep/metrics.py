@@ -34,8 +34,7 @@ from torch import Tensor
 FILTER_LENGTH = 512
 _REL_PRED_ERROR_FLOOR = 1e-10  # Levinson is only trusted while references stay this unpredictable (else dense solve)
 _CANCELLATION_FLOOR = 1e-8  # lag-domain energies are kept while under ~1e-15/1e-8 of them is rounding (else exact)
-_MAX_SPECTRUM_VALUES = 2**23  # items per chunk: spectra of all its signals stay under ~128 MB
-_SCRATCH_BYTES = 2**26  # work arrays up to 64 MB are kept per thread for the next call
+_SCRATCH_BYTES = 2**26  # work arrays (spectra, correlations) per chunk of items; kept per thread up to this size
 
 
 def _version(package: str) -> str:
@@ -95,19 +94,27 @@ _SCRATCH = threading.local()
 
 
 def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-    """An uninitialised work array kept per thread between calls (up to ``_SCRATCH_BYTES`` each).
+    """An uninitialised work array, kept per thread for the next call while all of them fit ``_SCRATCH_BYTES``.
 
-    Fresh multi-MB arrays are mapped from and returned to the OS on every call; the page faults of
-    touching them again cost as much as the FFTs that fill them on small VMs. Callers overwrite the
-    whole array and return nothing that aliases it.
+    Fresh multi-MB arrays are mapped from and returned to the OS on every call, and the page faults of
+    touching them again cost as much as the FFTs that fill them on small VMs. Callers overwrite what they
+    use and return nothing that aliases it.
     """
     cache = _SCRATCH.__dict__
     arr = cache.get(name)
-    if arr is None or arr.shape != shape or arr.dtype != dtype:
-        arr = np.empty(shape, dtype)
-        if arr.nbytes <= _SCRATCH_BYTES:
-            cache[name] = arr
+    if arr is not None and arr.shape == shape and arr.dtype == dtype:
+        return arr
+    cache.pop(name, None)
+    arr = np.empty(shape, dtype)
+    if arr.nbytes + sum(a.nbytes for a in cache.values()) <= _SCRATCH_BYTES:
+        cache[name] = arr
     return arr
+
+
+def _scratch_bytes_per_item(K: int, J: int, n_fft: int) -> int:
+    """Work memory of one item in ``_correlations``: spectra, cross-spectra and correlations."""
+    rows = K * (K + 1) // 2 + K * J
+    return 16 * (n_fft // 2 + 1) * (2 * K + J + rows) + 8 * n_fft * rows
 
 
 def _energy(spec: np.ndarray, n_fft: int) -> np.ndarray:
@@ -126,7 +133,8 @@ def _correlations(ref: np.ndarray, est: np.ndarray, L: int) -> tuple[np.ndarray,
     estimates: the normal equations of museval's distortion filters. One rfft of all signals and one irfft
     of the K(K+1)/2 reference pairs (R_lk(t) = R_kl(−t) comes from the same circular correlation, so the
     Gram matrix is exactly symmetric, as museval's) and the K·J reference-estimate pairs. Also returns the
-    spectra [references, estimates] (B, K + J, F) and the FFT size, reused for the projections.
+    spectra [references, estimates] (B, K + J, F), reused for the projections — a per-thread work array,
+    valid until the next call — and the FFT size.
     """
     B, K, N = ref.shape
     J = est.shape[1]
@@ -137,16 +145,17 @@ def _correlations(ref: np.ndarray, est: np.ndarray, L: int) -> tuple[np.ndarray,
     spec = _scratch("spec", (B, K + J, n_freq), complex)
     np.fft.rfft(ref, n_fft, out=spec[:, :K])
     np.fft.rfft(est, n_fft, out=spec[:, K:])
+    ref_conj = np.conj(spec[:, :K], out=_scratch("ref_conj", (B, K, n_freq), complex))
     cross = _scratch("cross", (B, len(rows), n_freq), complex)
     for i, (k, l) in enumerate(rows):
-        np.multiply(spec[:, k].conj(), spec[:, l], out=cross[:, i])
+        np.multiply(ref_conj[:, k], spec[:, l], out=cross[:, i])
     corr = np.fft.irfft(cross, n_fft, out=_scratch("corr", (B, len(rows), n_fft), float))
     n_pair = len(k1)
     R = np.empty((B, L, K, K))
     R[:, :, k1, k2] = corr[:, :n_pair, :L].transpose(0, 2, 1)
     upper = k1 < k2  # R_lk(t) = R_kl(−t): circular lag n_fft − t
     R[:, :, k2[upper], k1[upper]] = corr[:, :n_pair][:, upper][..., -np.arange(L) % n_fft].transpose(0, 2, 1)
-    g = corr[:, n_pair:, :L].reshape(B, K, J, L).transpose(0, 3, 1, 2)
+    g = np.ascontiguousarray(corr[:, n_pair:, :L].reshape(B, K, J, L).transpose(0, 3, 1, 2))
     return R, g, spec, n_fft
 
 
@@ -384,16 +393,16 @@ def _bss_eval_v4(ref: np.ndarray, est: np.ndarray, window: int, hop: int, L: int
     Frames follow museval's ``Framing``: n = ⌊(N − W + H)/H⌋ full frames (a trailing partial frame is
     dropped); one whole-signal frame when W ≥ N. A frame where any reference or any estimate is all
     zeros is NaN for every source; so is every frame of an item with an all-zero stem (museval raises).
-    Items go through in chunks that bound the spectra held at once; within a chunk they share one
-    block-Levinson recursion (a batch pays its Python overhead once).
+    Items go through in equal chunks whose work arrays fit ``_SCRATCH_BYTES`` (about 10 five-second
+    8 kHz pairs); within a chunk they share one block-Levinson recursion (one Python loop for all).
     """
     B, K, N = ref.shape
     W, n_frames = (window, (N - window + hop) // hop) if window < N else (N, 1)
     out = np.full((3, B, K, n_frames), np.nan)
     items = np.flatnonzero(~((ref == 0).all(-1).any(-1) | (est == 0).all(-1).any(-1)))
-    chunk = max(1, _MAX_SPECTRUM_VALUES // (2 * K * _fft_len(N + L - 1)))
-    for i0 in range(0, len(items), chunk):
-        idx = items[i0 : i0 + chunk]
+    chunk = max(1, _SCRATCH_BYTES // _scratch_bytes_per_item(K, K, _fft_len(N + L - 1)))
+    n_chunks = -(-len(items) // chunk)
+    for idx in np.array_split(items, n_chunks) if n_chunks else []:  # equal chunks reuse the work arrays
         r, e = ref[idx], est[idx]
         R, g, spec, n_fft = _correlations(r, e, L)
         X, bad = _solve_filters(R, g)  # est j onto all references (museval's C)
