@@ -7,15 +7,25 @@ varied per pair). museval runs ``museval.metrics.bss_eval`` with exactly the arg
 computes the same quantity as ``lightning_sep.metrics.bss_eval``. fast_bss_eval's ``bss_eval_sources``
 is shown for reference: same SIR/SAR projections, but the bss_eval_sources SDR, which differs from v4.
 
+Two rows for lightning_sep: "per pair" calls ``bss_eval`` once per (2, T) pair, as ``score_clip`` does for
+every test clip, and is the headline ``speed_ratio``; "batched" scores all pairs in one (pairs, 2, T) call
+(chunks of items share one block-Levinson recursion), the way to call it for many clips at once
+(``speed_ratio_batched``); both must give the same numbers. The machine is shared and noisy, so the
+whole-signal implementations are timed interleaved: rounds of ``--round`` pairs, each round timing
+museval, lightning_sep (per pair, then batched) and fast_bss_eval back to back on the same pairs, and
+summing; every implementation gets one untimed warm-up call first.
+
 Framewise rows: fewer, longer pairs with silent gaps, museval-style frames (filters from the whole clip,
 metrics per frame, NaN where a frame has a silent stem); the NaN frames must coincide.
 
 Thread count: on small shared VMs multi-threaded BLAS is slow and erratic for these problem sizes, for
-museval (LAPACK solves) as much as for us; ``--threads 1`` (default) pins every library to one thread so
-both sides run under the same conditions. ``--threads 0`` leaves the environment alone.
+museval (LAPACK solves) as much as for us; ``--threads 1`` (default) pins every library (OpenBLAS, MKL,
+OpenMP, torch intra-op) to one thread for museval, lightning_sep and fast_bss_eval alike, so all run under
+the same conditions. ``--threads 0`` leaves the environment alone. The table header and the JSON say
+which.
 
 usage: python benchmarks/metrics.py [--pairs 100] [--seconds 5] [--sample-rate 8000] [--threads 1]
-                                    [--frame-pairs 10] [--frame-seconds 30] [--json PATH]
+                                    [--round 10] [--frame-pairs 10] [--frame-seconds 30] [--json PATH]
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--frame-seconds", type=float, default=30.0)
     p.add_argument("--window", type=float, default=1.0, help="framewise window and hop, seconds")
     p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads for all libraries (0: as is)")
+    p.add_argument("--round", type=int, default=10, help="pairs per interleaved timing round")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=str, default=None)
     return p.parse_args()
@@ -89,7 +100,6 @@ def museval_call(mus, refs: np.ndarray, ests: np.ndarray, window: int, hop: int)
 
 
 def timed(fn, items) -> tuple[float, list]:
-    fn(*items[0])  # warm-up (imports, caches) outside the clock
     start = time.perf_counter()
     out = [fn(*item) for item in items]
     return time.perf_counter() - start, out
@@ -108,17 +118,42 @@ def main() -> int:
     mus = metrics.load_museval_metrics()
     versions = {p: metrics._version(p) for p in ("museval", "fast_bss_eval", "numpy", "torch")}
 
-    t_mus, out_mus = timed(lambda r, e: museval_call(mus, r, e, n, n)[..., 0], pairs)
-    t_ours, out_ours = timed(lambda r, e: np.stack([v.numpy() for v in metrics.bss_eval(e, r).values()]),
-                             torch_pairs)
-    t_fbe, out_fbe = timed(lambda r, e: np.stack([v.numpy() for v in fast_bss_eval.bss_eval_sources(
-        r, e, compute_permutation=False)]), torch_pairs)
+    def ours_per_pair(r, e):
+        return np.stack([v.numpy() for v in metrics.bss_eval(e, r).values()])
+
+    def ours_batched(refs, ests):  # (pairs, K, T) in one call → (pairs, 3, K)
+        return np.stack([v.numpy() for v in metrics.bss_eval(ests, refs).values()], axis=1)
+
+    def fbe_call(r, e):
+        return np.stack([v.numpy() for v in fast_bss_eval.bss_eval_sources(r, e, compute_permutation=False)])
+
+    def mus_call(r, e):
+        return museval_call(mus, r, e, n, n)[..., 0]
+
+    # warm-up (imports, caches, work arrays) outside the clock, then interleaved rounds
+    mus_call(*pairs[0]), ours_per_pair(*torch_pairs[0]), fbe_call(*torch_pairs[0])
+    stacked = [torch.stack(x) for x in zip(*torch_pairs[: ARGS.round], strict=True)]
+    ours_batched(*stacked)
+    t_mus = t_ours = t_batch = t_fbe = 0.0
+    out_mus, out_ours, out_batch, out_fbe = [], [], [], []
+    for i0 in range(0, len(pairs), ARGS.round):
+        dt, out = timed(mus_call, pairs[i0 : i0 + ARGS.round])
+        t_mus, out_mus = t_mus + dt, out_mus + out
+        dt, out = timed(ours_per_pair, torch_pairs[i0 : i0 + ARGS.round])
+        t_ours, out_ours = t_ours + dt, out_ours + out
+        stacked = [torch.stack(x) for x in zip(*torch_pairs[i0 : i0 + ARGS.round], strict=True)]
+        dt, out = timed(ours_batched, [stacked])
+        t_batch, out_batch = t_batch + dt, out_batch + list(out[0])
+        dt, out = timed(fbe_call, torch_pairs[i0 : i0 + ARGS.round])
+        t_fbe, out_fbe = t_fbe + dt, out_fbe + out
     ref_vals = np.stack(out_mus)  # (pairs, 3, K)
+    batched_vs_per_pair = float(np.abs(np.stack(out_batch) - np.stack(out_ours)).max())
 
     rows = []  # (name, pairs, seconds, speed vs museval, deltas)
     for name, seconds, vals in (
         (f"museval {versions['museval']} (reference)", t_mus, ref_vals),
-        ("lightning_sep.metrics.bss_eval", t_ours, np.stack(out_ours)),
+        ("lightning_sep.metrics.bss_eval, per pair", t_ours, np.stack(out_ours)),
+        (f"lightning_sep.metrics.bss_eval, batched ({ARGS.round})", t_batch, np.stack(out_batch)),
         (f"fast_bss_eval {versions['fast_bss_eval']} bss_eval_sources", t_fbe, np.stack(out_fbe)),
     ):
         deltas = [max_abs(vals[:, m], ref_vals[:, m]) for m in range(3)]
@@ -134,6 +169,7 @@ def main() -> int:
             return lambda r, e: np.stack([v.numpy() for v in metrics.bss_eval_framewise(
                 e, r, rate, ARGS.window, ARGS.window, implementation=impl).values()])
 
+        framewise("museval")(*fpairs[0]), framewise("fast")(*fpairs[0])  # warm-up outside the clock
         tf_mus, fm = timed(framewise("museval"), fpairs)
         tf_ours, fo = timed(framewise("fast"), fpairs)
         fm, fo = np.stack(fm), np.stack(fo)  # (pairs, 3, K, frames)
@@ -147,7 +183,8 @@ def main() -> int:
                       "max_abs_diff_db": {k: d for k, d in zip(("sdr", "sir", "sar"), deltas, strict=True)},
                       "nan_frames": int(np.isnan(fm[:, 0]).sum()), "nan_frames_identical": same_nan}
 
-    threads = ARGS.threads if ARGS.threads > 0 else f"default ({torch.get_num_threads()} torch)"
+    threads = (f"{ARGS.threads} (BLAS, OpenMP and torch; the same for every implementation)" if ARGS.threads > 0
+               else f"as the environment sets them ({torch.get_num_threads()} torch)")
     print(f"BSS Eval v4, {len(pairs)} pairs of 2 sources x {ARGS.seconds:g} s at {rate} Hz, threads: {threads}")
     head = f"{'implementation':<50}{'pairs':>6}{'seconds':>9}{'pairs/s':>9}{'speed x':>9}" + \
         "".join(f"{h:>11}" for h in ("max|dSDR|", "max|dSIR|", "max|dSAR|"))
@@ -155,21 +192,28 @@ def main() -> int:
     for name, count, seconds, ratio, deltas in rows + frame_rows:
         print(f"{name:<50}{count:>6}{seconds:>9.2f}{count / seconds:>9.2f}{ratio:>9.1f}"
               + "".join(f"{d:>11.2e}" for d in deltas))
-    print("(deltas in dB against museval on the same signals; speed x = museval time / this time)")
+    print("(deltas in dB against museval on the same signals; speed x = museval time / this time; timed in "
+          f"interleaved rounds of {ARGS.round} pairs)")
+    print(f"batched vs per-pair lightning_sep: max |difference| {batched_vs_per_pair:.2e} dB")
     if frame_info:
         print(f"framewise: {frame_info['nan_frames']} NaN (silent) frames per source in museval, "
               f"identical NaN pattern: {frame_info['nan_frames_identical']}")
 
-    ours = rows[1]
+    ours, batched = rows[1], rows[2]
     result = {
-        "speed_ratio": ours[3],
+        "speed_ratio": ours[3],  # per-pair calls: how score_clip scores each test clip
         "max_abs_diff_db": ours[4][0],
         "max_abs_diff_db_sir": ours[4][1],
         "max_abs_diff_db_sar": ours[4][2],
-        "pairs": len(pairs), "seconds": ARGS.seconds, "sample_rate": rate, "threads": ARGS.threads,
-        "museval_s": t_mus, "lightning_sep_s": t_ours,
-        "fast_bss_eval": {"seconds": t_fbe, "speed_ratio": rows[2][3],
-                          "max_abs_diff_db": dict(zip(("sdr", "sir", "sar"), rows[2][4], strict=True))},
+        "speed_ratio_batched": batched[3],
+        "max_abs_diff_db_batched": dict(zip(("sdr", "sir", "sar"), batched[4], strict=True)),
+        "batched_vs_per_pair_max_abs_diff_db": batched_vs_per_pair,
+        "pairs": len(pairs), "seconds": ARGS.seconds, "sample_rate": rate, "batch": ARGS.round,
+        "threads": ARGS.threads if ARGS.threads > 0 else "environment",
+        "timing": f"interleaved rounds of {ARGS.round} pairs, one warm-up call each outside the clock",
+        "museval_s": t_mus, "lightning_sep_s": t_ours, "lightning_sep_batched_s": t_batch,
+        "fast_bss_eval": {"seconds": t_fbe, "speed_ratio": rows[3][3],
+                          "max_abs_diff_db": dict(zip(("sdr", "sir", "sar"), rows[3][4], strict=True))},
         "framewise": frame_info,
         "versions": versions,
     }

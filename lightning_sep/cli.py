@@ -323,15 +323,16 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "overrides"):
         args.overrides = overrides
     _quiet_library_chatter()
-    from .config import ConfigError
-    from .data.shards import DatasetError
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+    from .config import ConfigError
+    from .data.recipes import RecipeError, sources
+    from .data.shards import DatasetError
     from .methods.base import NonFiniteLossError
 
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, FileNotFoundError) as e:
+    except (ConfigError, DatasetError, RecipeError, sources.MissingSourceError, FileNotFoundError) as e:
         print(f"lightning-sep {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except NonFiniteLossError as e:

@@ -49,11 +49,11 @@ class TrainerConfig:
 class OptimConfig:
     """Adam optimizer and an optional step decay of the learning rate."""
 
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.0
+    lr: float = 1e-3  # learning rate
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's moment decay rates
+    weight_decay: float = 0.0  # L2 penalty (Adam's weight_decay)
     decay_every_steps: int | None = None  # multiply lr by decay_factor every N steps (None: constant lr)
-    decay_factor: float = 0.5
+    decay_factor: float = 0.5  # the factor of that decay
 
 
 @dataclass
@@ -72,11 +72,11 @@ class EvalConfig:
 class LoggingConfig:
     """Loggers: CSV always; Weights & Biases when enabled (offline when no credentials are found)."""
 
-    wandb: bool = True
+    wandb: bool = True  # log to Weights & Biases too
     project: str = "lightning_sep"  # W&B project
     entity: str | None = None  # W&B entity (team); None: your default
     mode: str | None = None  # online, offline or disabled; None: WANDB_MODE, else online if logged in, else offline
-    tags: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # W&B tags of the run
 
 
 @dataclass

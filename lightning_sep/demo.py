@@ -1,6 +1,7 @@
 """The main job: build the demo dataset, train each demo experiment on it, test, print one table."""
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 
@@ -28,7 +29,10 @@ def run_demo(data: Path, runs: Path, overrides: list[str], experiments: Path) ->
         results = test(cfg, folder)
         rows.append((label, folder, results, time.time() - t0))
     print(summary_table(rows))
-    print(f"\ndemo finished in {(time.time() - start) / 60:.1f} min")
+    main_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+    child_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    print(f"\npeak memory: {main_gb:.2f} GB in this process, {child_gb:.2f} GB in the largest loader worker")
+    print(f"demo finished in {(time.time() - start) / 60:.1f} min")
     return 0
 
 

@@ -2,7 +2,7 @@
 NaN-aware aggregation, and the provenance ("flavour") that goes into results.json.
 
 Precision: SI-SDR runs in float64 on the input's device (float32 on MPS), with autocast off, so fp16/bf16
-inputs give the same number as their float32 upcast. BSS Eval runs on the CPU in float64 numpy.
+inputs give the same number as their float32 upcast. BSS Eval runs on the CPU in float64 numpy/scipy.
 
 BSS Eval is the v4 definition used by museval / SiSEC 2018 (``museval.evaluate(mode="v4")``): 512-tap
 distortion filters estimated once on the whole clip, metrics from the ``bss_eval_images`` decomposition.
@@ -10,8 +10,13 @@ For mono stems that makes SDR = 10·log10(‖s‖² / ‖ŝ − s‖²) (no filt
 ``bss_eval_sources`` SDR in mir_eval / fast_bss_eval); SIR and SAR use the filtered projections. We
 reimplement it because fast_bss_eval computes the ``bss_eval_sources`` SDR (up to several dB off museval
 whenever the estimate has a gain or filter error) and, like museval, spends its time in a dense
-(K·512)² solve; the block-Toeplitz systems here are solved by block Levinson recursion in O(K³·512²).
-``benchmarks/metrics.py`` checks agreement with museval 0.4.1 and the speed-up.
+(K·512)² solve. Here the same normal equations (float64, the same correlations) are solved by block
+Levinson recursion in O(K³·512²) (the all-references filters) and scipy's Levinson–Durbin (each estimate
+on its own reference), with museval's dense solve as the fallback for (numerically) perfectly predictable
+references; the projection energies are quadratic forms in the Gram matrix, evaluated on FFTs of ~2·512
+points rather than of the clip (exactly as museval's time-domain sums where that would lose precision).
+Leading batch dims share one recursion. ``benchmarks/metrics.py`` checks agreement with museval 0.4.1 and
+the speed-up.
 """
 from __future__ import annotations
 
@@ -141,14 +146,14 @@ def _correlations(ref: np.ndarray, est: np.ndarray, L: int) -> tuple[np.ndarray,
     n_fft = _fft_len(N + L - 1)  # ≥ N + L − 1: linear, not circular, lags
     n_freq = n_fft // 2 + 1
     k1, k2 = np.triu_indices(K)
-    rows = [(k, l) for k, l in zip(k1, k2, strict=True)] + [(k, K + j) for k in range(K) for j in range(J)]
+    rows = list(zip(k1, k2, strict=True)) + [(k, K + j) for k in range(K) for j in range(J)]  # (ref, signal)
     spec = _scratch("spec", (B, K + J, n_freq), complex)
     np.fft.rfft(ref, n_fft, out=spec[:, :K])
     np.fft.rfft(est, n_fft, out=spec[:, K:])
     ref_conj = np.conj(spec[:, :K], out=_scratch("ref_conj", (B, K, n_freq), complex))
     cross = _scratch("cross", (B, len(rows), n_freq), complex)
-    for i, (k, l) in enumerate(rows):
-        np.multiply(ref_conj[:, k], spec[:, l], out=cross[:, i])
+    for i, (k, other) in enumerate(rows):
+        np.multiply(ref_conj[:, k], spec[:, other], out=cross[:, i])
     corr = np.fft.irfft(cross, n_fft, out=_scratch("corr", (B, len(rows), n_fft), float))
     n_pair = len(k1)
     R = np.empty((B, L, K, K))
@@ -253,7 +258,8 @@ def _solve_filters(R: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray
     Solved by block Levinson on groups of lags in O(L²K³) instead of museval's dense O((LK)³) solve:
     groups of 8 lags for one item (fewer, larger steps: Python overhead), of 4 for a batch (which shares
     the steps, so arithmetic dominates). Items whose references are (numerically) perfectly predictable,
-    where the recursion loses accuracy, use the dense solve. Returns x (B, L, K, J) and that fallback mask.
+    where the recursion loses accuracy, use the dense solve; if one item breaks a batched recursion, each
+    item is retried on its own. Returns x (B, L, K, J) and that fallback mask.
     """
     B, L, K, J = g.shape
     s = math.gcd(L, 8 if B == 1 else 4)
@@ -314,9 +320,10 @@ def _whole_clip(ref: np.ndarray, est: np.ndarray, spec: np.ndarray, n_fft: int, 
     energies are quadratic forms in the Gram matrix: ‖p_all‖² = xᵀGx, ‖p_own‖² = ownᵀG_jj own,
     ‖p_all − p_own‖² = dᵀGd (d = x − own on source j), evaluated with FFTs of size ~2L instead of the
     clip length; the artifact energy ‖e − p_all‖² = ‖e‖² − 2xᵀg + xᵀGx. Where one of these would lose
-    more than 8 digits to cancellation (SAR ≳ 80 dB, or a tiny interference / projection against
-    large terms; what is left is ≲ 1e-6 relative, ≲ 1e-5 dB), that item's energies come from the projections' spectra on the clip's FFT grid
-    instead, as museval's time-domain sums. SDR (mono v4) = ‖s‖²/‖e − s‖² in the time domain.
+    more than 8 digits to cancellation (SAR ≳ 80 dB, or a tiny interference or projection against large
+    terms; short of that, rounding stays ≲ 1e-6 relative, ≲ 1e-5 dB), that item's energies come from the
+    projections' spectra on the clip's FFT grid instead (Parseval: museval's time-domain sums, exactly).
+    SDR (mono v4) = ‖s‖²/‖e − s‖² in the time domain.
     """
     B, K, N = ref.shape
     L, J = X.shape[1], X.shape[-1]
@@ -363,7 +370,7 @@ def _whole_clip(ref: np.ndarray, est: np.ndarray, spec: np.ndarray, n_fft: int, 
 
 def _framewise(ref: np.ndarray, est: np.ndarray, X: np.ndarray, own: np.ndarray, W: int, hop: int,
                n_frames: int) -> np.ndarray:
-    """museval's decomposition of each zero-padded frame (length W + L − 1) with whole-clip filters: (3, B, K, frames)."""
+    """museval's decomposition of each zero-padded frame (length W + L − 1), whole-clip filters: (3, B, K, frames)."""
     B, K, _ = ref.shape
     L = X.shape[1]
     n_fft = _fft_len(W + L - 1)
@@ -544,8 +551,9 @@ def flavours(framewise: bool, window_s: float | None = None, hop_s: float | None
         if bss_implementation == "museval":
             impl = f"museval {_version('museval')} (museval.metrics.bss_eval, v4)"
         else:
-            impl = (f"lightning_sep.bss_eval (numpy float64, block-Levinson) — BSS Eval v4 as museval "
-                    f"{_version('museval')}, cross-checked within 0.05 dB by benchmarks/metrics.py")
+            impl = (f"lightning_sep.bss_eval (numpy/scipy float64: block-Levinson filters, Gram-matrix energies) — "
+                    f"BSS Eval v4 as museval {_version('museval')}, cross-checked within 0.05 dB by "
+                    f"benchmarks/metrics.py")
         nan = ("frames with a silent reference or estimate are NaN, excluded from the frame median and counted; "
                if framewise else "") + clip_nan
         definitions = {

@@ -209,14 +209,59 @@ def test_block_levinson_matches_dense_solve_and_falls_back(monkeypatch):
     est = ref + 0.1 * ref[:, ::-1]
     R, g, _, _ = metrics._correlations(ref, est, 512)
     dense = metrics._dense_solve(R, g)
-    np.testing.assert_allclose(metrics._solve_filters(R, g), dense, rtol=0, atol=1e-8 * np.abs(dense).max())
+    X, bad = metrics._solve_filters(R, g)  # one item: Cholesky-based single-system recursion
+    np.testing.assert_allclose(X, dense, rtol=0, atol=1e-8 * np.abs(dense).max())
+    assert not bad.any()
+    Xb, bad = metrics._solve_filters(np.concatenate([R, R]), np.concatenate([g, g]))  # batched recursion
+    np.testing.assert_allclose(Xb, np.concatenate([dense, dense]), rtol=0, atol=1e-8 * np.abs(dense).max())
+    own = metrics._own_filters(R, g, bad[:1])
+    for j in range(2):
+        own_dense = metrics._dense_solve(R[:, :, j : j + 1, j : j + 1], g[:, :, j : j + 1, j : j + 1])
+        np.testing.assert_allclose(own[0, :, j], own_dense.ravel(), rtol=0, atol=1e-8 * np.abs(own_dense).max())
+
     calls = []
-    monkeypatch.setattr(metrics, "_dense_solve", lambda R, g: calls.append(len(R)) or np.zeros(g.shape))
+    monkeypatch.setattr(metrics, "_dense_solve", lambda R, g: calls.append(R.shape) or np.zeros(g.shape))
     first = ref[0, 0].copy()
     first[-3:] = 0.0
     dependent = np.stack([first, np.concatenate([np.zeros(3), first[:-3]])])[None]  # 2nd = 1st delayed: singular
-    metrics._solve_filters(*metrics._correlations(dependent, est, 512)[:2])
-    assert calls == [1]
+    R2, g2 = metrics._correlations(dependent, est, 512)[:2]
+    _, bad = metrics._solve_filters(R2, g2)
+    assert bad.tolist() == [True] and calls == [(1, 512, 2, 2)]
+    calls.clear()  # in a batch only the singular item falls back (to the dense solve, also for its own filters)
+    _, bad = metrics._solve_filters(np.concatenate([R, R2, R]), np.concatenate([g, g2, g]))
+    assert bad.tolist() == [False, True, False] and calls == [(1, 512, 2, 2)]
+    calls.clear()
+    metrics._own_filters(np.concatenate([R, R2]), np.concatenate([g, g2]), bad[:2])
+    assert calls == [(1, 512, 1, 1)] * 2
+
+
+def test_batched_call_equals_per_pair_calls():
+    """Leading batch dims go through one recursion (and chunks of items), with the per-pair numbers."""
+    n = 6000
+    ref = torch.stack([torch.stack([_harmonic(n, 140.0 + 30 * b), 0.3 * _noise(n, 40 + b)]) for b in range(6)])
+    est = 0.9 * ref + (0.05 + 0.02 * torch.arange(6.0)[:, None, None]) * ref.flip(1) + 0.01 * _noise(n, 50)
+    ref[4, 0] = 0.0  # a silent stem: that item is NaN, the others are unaffected
+    batched = metrics.bss_eval(est.reshape(2, 3, 2, n), ref.reshape(2, 3, 2, n))
+    for name, value in batched.items():
+        assert value.shape == (2, 3, 2)
+        single = torch.stack([metrics.bss_eval(e, r)[name] for e, r in zip(est, ref, strict=True)]).reshape(2, 3, 2)
+        assert torch.equal(torch.isnan(value), torch.isnan(single))
+        assert torch.isnan(value[1, 1]).all() and torch.isfinite(value[[0, 0, 0, 1, 1], [0, 1, 2, 0, 2]]).all()
+        valid = ~torch.isnan(single)
+        torch.testing.assert_close(value[valid], single[valid], rtol=0, atol=1e-6)
+
+
+def test_lag_domain_energies_match_projection_spectra(monkeypatch):
+    """Energies as Gram quadratic forms equal those of the projections on the clip's FFT grid (the exact path)."""
+    n = 12000
+    ref = torch.stack([torch.stack([_harmonic(n, 170.0 + 50 * b), 0.4 * _noise(n, 60 + b)]) for b in range(3)])
+    est = 1.1 * ref + 0.2 * ref.flip(1) + 10.0 ** -torch.arange(1.0, 4.0)[:, None, None] * _noise(n, 70)
+    fast = metrics.bss_eval(est, ref)
+    monkeypatch.setattr(metrics, "_CANCELLATION_FLOOR", math.inf)  # every item through the exact path
+    exact = metrics.bss_eval(est, ref)
+    for name in ("sdr", "sir", "sar"):
+        torch.testing.assert_close(fast[name], exact[name], rtol=0, atol=1e-7)
+    assert float(exact["sar"].min()) > 10 and float(exact["sar"].max()) > 50  # SAR from ~14 to ~60 dB
 
 
 def test_single_source_has_no_interference():

@@ -238,11 +238,11 @@ def test_opensfx_catalogue_parser():
 
 def test_cli_builds(tmp_path):
     out = tmp_path / "cli"
-    args = [sys.executable, "-m", "lightning_sep.data.recipes", "demo-speech-noise", "--out", str(out), "--seed", "2",
+    args = [sys.executable, "-m", "lightning_sep", "prepare", "demo-speech-noise", "--out", str(out), "--seed", "2",
             "--no-progress", "mixtures_clips=2", "observed_clips=2", "isolated_clips=2", "valid_clips=2",
             "test_clips=2"]
     run = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert DatasetInfo.load(out).made_by["seed"] == 2
-    bad = subprocess.run(args[:4] + ["--out", str(out), "bogus=1"], capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "valid options" in bad.stderr
+    bad = subprocess.run(args[:5] + ["--out", str(out), "bogus=1"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "valid options" in bad.stderr and "Traceback" not in bad.stderr

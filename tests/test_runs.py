@@ -177,3 +177,10 @@ def test_separate_long_stereo_file_sums_back(trained, tmp_path):
     total = stems["speech"] + stems["noise"]
     assert np.linalg.norm(total - audio) / np.linalg.norm(audio) < 1e-4
     assert np.linalg.norm(stems["speech"]) > 0.01 * np.linalg.norm(audio)  # not a trivial all-in-one split
+
+
+def test_bf16_mixed_precision_trains_with_the_front_end_in_float32(toy_dataset, tmp_path):
+    proc = ok(cli("fit", CONFIG, *small(toy_dataset, tmp_path, "trainer.precision=bf16-mixed", "trainer.max_steps=6",
+                                         "trainer.val_every_n_steps=6", "supervised.loss=si_sdr")))
+    folder = Path(proc.stdout.strip().splitlines()[-1])
+    assert torch.load(folder / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 6

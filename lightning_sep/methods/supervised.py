@@ -14,6 +14,7 @@ from torch import Tensor
 from ..config import ExperimentConfig
 from ..data.datamodule import PoolSpec
 from ..data.shards import DatasetInfo
+from ..metrics import si_sdr
 from ..nets.unet import MaskUNet
 from .base import SeparationModule
 
@@ -23,6 +24,8 @@ class SupervisedParams:
     """Supervised training options."""
 
     remix: bool = True  # mix each clip's first stem with another clip's other stems (more distinct mixtures)
+    loss: str = "magnitude_l1"  # magnitude_l1: L1 between masked and true magnitudes; si_sdr: negative SI-SDR of
+    #                             the waveforms rebuilt with the mixture's phase (optimises the reported metric)
 
 
 @dataclass
@@ -48,8 +51,9 @@ class Supervised(SeparationModule):
             # pair the first source of clip b with the other sources of clip b+1: new mixtures, same stems
             sources = torch.cat([sources[:, :1], sources[:, 1:].roll(1, dims=0)], dim=1)
         mix = sources.sum(dim=1)
-        mix_mag = self.stft(mix).abs()
-        masks = self.net(torch.log(mix_mag + self.cfg.stft.log_eps))
-        target = self.stft(sources).abs()
-        loss = F.l1_loss(masks * mix_mag.unsqueeze(1), target)
+        masks = self.masks(mix)
+        if self.cfg.supervised.loss == "si_sdr":
+            loss = -si_sdr(self.stft.apply_masks(masks, mix), sources).nanmean()  # silent crops are NaN: skipped
+            return {"loss": loss, "neg_si_sdr": loss.detach()}
+        loss = F.l1_loss(masks * self.stft(mix).abs().unsqueeze(1), self.stft(sources).abs())
         return {"loss": loss, "l1_magnitude": loss.detach()}
