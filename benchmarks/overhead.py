@@ -18,8 +18,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from lightning_sep.cli import _load, dataset_summary
 from lightning_sep.data.datamodule import SeparationDataModule
+from lightning_sep.experiment import dataset_summary, load
 from lightning_sep.methods import METHODS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def main() -> None:
     p.add_argument("--json", help="write the figures here")
     a = p.parse_args()
     # batches_per_epoch > steps: no epoch boundary (and no loader restart) inside a timed round
-    cfg = _load(a.config, [f"data.root={a.root}", f"data.batches_per_epoch={a.steps + a.warmup + 10}"])
+    cfg = load(a.config, [f"data.root={a.root}", f"data.batches_per_epoch={a.steps + a.warmup + 10}"])
     torch.set_num_threads(torch.get_num_threads())
     rows = []
     for r in range(a.rounds):

@@ -7,7 +7,6 @@ message and exit code 2 (or 3 for a training failure), not a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
@@ -44,97 +43,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- fit
 
 
-def _load(config: str, overrides: list[str]):
-    from .config import load_config
-    from .methods import SCHEMAS
-
-    return load_config(config, overrides, SCHEMAS)
-
-
-def _trainer(cfg, folder: Path, loggers, callbacks, for_fit: bool):
-    import pytorch_lightning as pl
-
-    from .runs import AtomicCheckpointIO
-
-    t = cfg.trainer
-    return pl.Trainer(
-        default_root_dir=str(folder), max_steps=t.max_steps if for_fit else -1, max_epochs=-1,
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=t.precision, val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
-        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
-        deterministic=t.deterministic, enable_progress_bar=t.progress_bar, logger=loggers,
-        callbacks=callbacks, enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=for_fit,
-    )
-
-
-def fit(cfg) -> Path:
-    """Train (or resume) the run of ``cfg``; returns its folder."""
-    import pytorch_lightning as pl
-    from omegaconf import OmegaConf
-
-    from .data.datamodule import SeparationDataModule
-    from .methods import METHODS
-    from .runs import (RUN_DIR_ENV, LastCheckpoint, finish_loggers, is_rank_zero, last_checkpoint, make_loggers,
-                       resolve_run_dir)
-
-    method = METHODS[cfg.method]
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    from .data.shards import DatasetInfo
-
-    info = DatasetInfo.load(cfg.data.root)
-    folder = resolve_run_dir(cfg)
-    os.environ[RUN_DIR_ENV] = str(folder)  # DDP ranks started from this process use the same folder
-    ckpt = last_checkpoint(folder) if cfg.run.resume else None
-    if ckpt is not None:
-        check_checkpoint(ckpt, cfg.method)
-    if is_rank_zero():
-        folder.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
-        print(f"run folder: {folder}" + (f" (resuming from {ckpt})" if ckpt else ""), flush=True)
-    data = SeparationDataModule(cfg.data, method.train_pools(info), seed=cfg.seed,
-                                forbidden=method.forbidden_stems(info))
-    model = method(OmegaConf.to_container(cfg, resolve=True), dataset_summary(info))
-    loggers = make_loggers(cfg, folder)
-    callbacks = [LastCheckpoint(folder, cfg.trainer.checkpoint_every_n_steps), *model.extra_callbacks(folder)]
-    trainer = _trainer(cfg, folder, loggers, callbacks, for_fit=True)
-    failed = True
-    try:
-        trainer.fit(model, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
-        failed = False
-    finally:
-        finish_loggers(loggers, failed)
-    return folder
-
-
-def dataset_summary(info) -> dict:
-    return {"name": info.name, "sample_rate": info.sample_rate, "stems": list(info.stems),
-            "observed": info.observed, "unobserved": info.unobserved, "classes": list(info.classes)}
-
-
-def check_checkpoint(path: Path, method: str) -> dict:
-    """The checkpoint's stored config; an error if it was trained by another method or is not ours."""
-    import torch
-
-    from .config import ConfigError
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ConfigError(f"{path}: not a readable checkpoint ({e})") from e
-    hparams = ckpt.get("hyper_parameters", {})
-    stored = hparams.get("config", {}).get("method")
-    if stored is None:
-        raise ConfigError(f"{path}: not a lightning_sep checkpoint (no stored config)")
-    if stored != method:
-        raise ConfigError(f"{path}: checkpoint of method {stored!r}, but this config is for method {method!r}")
-    return ckpt
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    cfg = _load(args.config, args.overrides)
+    from .experiment import fit, load
+
+    cfg = load(args.config, args.overrides)
     if args.print_config:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
@@ -149,41 +63,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- test
 
 
-def test(cfg, folder: Path, ckpt: Path | None = None) -> dict:
-    """Score the run's checkpoint on the test split; writes results.json / results.md (rank 0)."""
-    from .data.datamodule import SeparationDataModule
-    from .data.shards import DatasetError, DatasetInfo
-    from .methods import METHODS
-    from .runs import is_rank_zero, last_checkpoint
-    from .results import write_results
-
-    method = METHODS[cfg.method]
-    ckpt = ckpt or last_checkpoint(folder)
-    if ckpt is None:
-        raise DatasetError(f"{folder}: no checkpoints/last.ckpt to test; train it first with `lightning-sep fit`")
-    check_checkpoint(ckpt, cfg.method)
-    info = DatasetInfo.load(cfg.data.root)
-    model = method.load_from_checkpoint(ckpt, map_location="cpu")
-    model.cfg.eval = cfg.eval  # scoring settings come from the current config, not from training time
-    data = SeparationDataModule(cfg.data, {}, seed=cfg.seed)
-    trainer = _trainer(cfg, folder, loggers=False, callbacks=[], for_fit=False)
-    trainer.test(model, datamodule=data, verbose=False)
-    results = {"method": cfg.method, "dataset": info.name, "split": cfg.data.test_split,
-               "checkpoint": str(ckpt), "step": int(torch_load_step(ckpt)), **(model.test_results or {})}
-    results.update(model.extra_results(folder))
-    if is_rank_zero():
-        write_results(folder, results)
-    return results
-
-
-def torch_load_step(ckpt: Path) -> int:
-    import torch
-
-    return torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", -1)
-
-
 def cmd_test(args: argparse.Namespace) -> int:
     from .config import config_from_dict
+    from .experiment import load, test
     from .methods import SCHEMAS
     from .results import table
     from .runs import is_rank_zero
@@ -205,7 +87,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     else:
         from .runs import resolve_run_dir
 
-        cfg = _load(str(target), args.overrides)
+        cfg = load(str(target), args.overrides)
         folder = resolve_run_dir(cfg)
     results = test(cfg, folder, Path(args.ckpt) if args.ckpt else None)
     if is_rank_zero():
@@ -272,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "split and write RUN/results.json and RUN/results.md.")
     t.add_argument("target", help="run folder (runs/<experiment>/<id>) or experiment YAML")
     t.add_argument("--ckpt", help="checkpoint to score (default: the run's checkpoints/last.ckpt)")
-    t.add_argument("overrides", nargs="*", default=[], help="key=value overrides (e.g. trainer.devices=2, eval.framewise=true)")
+    t.add_argument("overrides", nargs="*", default=[],
+                   help="key=value overrides (e.g. trainer.devices=2, eval.framewise=true)")
     t.set_defaults(func=cmd_test)
 
     s = sub.add_parser("separate", help="separate your own audio files with a trained checkpoint",

@@ -169,7 +169,7 @@ def load_config(path: str | Path, overrides: list[str], schemas: dict[str, type]
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {e}".replace("\n", "; ")) from e
     if missing:
-        raise ConfigError(f"{path}: these keys need a value: {', '.join(missing)} (set them in the YAML or as key=value)")
+        raise ConfigError(f"{path}: these keys need a value: {', '.join(missing)} (set them in the YAML or key=value)")
     return cfg
 
 

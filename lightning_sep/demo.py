@@ -12,8 +12,8 @@ DEMO_EXPERIMENTS = [
 
 
 def run_demo(data: Path, runs: Path, overrides: list[str], experiments: Path) -> int:
-    from .cli import _load, fit, test
     from .data.recipes import get_recipe, options_from
+    from .experiment import fit, load, test
 
     start = time.time()
     if not (data / "dataset.json").is_file():
@@ -22,7 +22,7 @@ def run_demo(data: Path, runs: Path, overrides: list[str], experiments: Path) ->
         recipe.build(data, options_from(recipe, [], seed=0), progress=True)
     rows = []
     for label, yaml in DEMO_EXPERIMENTS:
-        cfg = _load(str(experiments / yaml), [f"data.root={data}", f"run.root={runs}", *overrides])
+        cfg = load(str(experiments / yaml), [f"data.root={data}", f"run.root={runs}", *overrides])
         print(f"\n== {label}: {yaml}", flush=True)
         t0 = time.time()
         folder = fit(cfg)
@@ -41,7 +41,7 @@ def summary_table(rows) -> str:
              f"{'method':<28}{'stem':<9}{'input SI-SDR':>13}{'SI-SDR':>9}{'SI-SDRi':>9}{'SDR':>8}{'SIR':>8}"
              f"{'SAR':>8}{'minutes':>9}"]
     lines.append("-" * len(lines[-1]))
-    for label, folder, results, seconds in rows:
+    for label, _, results, seconds in rows:
         summary = results["summary"]
         stem = _target_stem(results)
         m = {k: v["mean"] for k, v in summary[stem].items()}

@@ -182,27 +182,63 @@ def _dense_solve(R: np.ndarray, g: np.ndarray) -> np.ndarray:
     return np.linalg.solve(G, g.reshape(B, L * K, -1)).reshape(g.shape)
 
 
-def _posv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a⁻¹b for one symmetric positive definite ``a`` (LAPACK Cholesky: a third of np.linalg.solve's overhead)."""
-    _, x, info = lapack.dposv(a, b)
+def _levinson_one(R: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_block_levinson`` for a single system (R: (P, M, M), g: (P, M, J)), the per-clip hot path.
+
+    Same recursion, same results, with less overhead per step: LAPACK Cholesky solves (the prediction-error
+    matrices are symmetric positive definite; a failure raises LinAlgError), products into reused buffers,
+    and the solution update of step n deferred to step n + 1, where one solve with Pb serves it and the
+    next forward reflection.
+    """
+    P, M, _ = R.shape
+    posv = lapack.dposv
+    fwd = np.ascontiguousarray(np.swapaxes(R[::-1], 0, 1)).reshape(M, P * M)  # [k, i·M + l] = R(P−1−i)[k, l]
+    A, Bk, X = np.zeros((P * M, M)), np.zeros((P * M, M)), np.zeros((P * M, g.shape[-1]))
+    A[:M] = Bk[(P - 1) * M :] = np.eye(M)  # a_0..a_n stacked; b_0..b_n right-aligned (b_n = I)
+    buf_a, buf_b, buf_x = np.empty_like(A), np.empty_like(A), np.empty_like(X)
+    rhs, pred = np.empty((M, M + X.shape[1])), np.zeros((M, X.shape[1]))
+    Pa = Pb = R[0].copy()
+    for n in range(P - 1):
+        m, top = (n + 1) * M, (P - 2 - n) * M
+        Rn, a, b = fwd[:, top : (P - 1) * M], A[:m], Bk[top + M :]  # R(n+1−i), a_i, b_i for i = 0..n
+        np.matmul(Rn, a, out=rhs[:, :M])  # da
+        np.subtract(g[n], pred, out=rhs[:, M:])  # residual of the order-(n−1) solution at lag n
+        _, sol, info = posv(Pb, rhs)
+        if info:
+            raise np.linalg.LinAlgError("prediction-error matrix is not positive definite")
+        da, ka, step = rhs[:, :M], sol[:, :M], sol[:, M:]
+        np.matmul(b, step, out=buf_x[:m])  # order-n solution: x += b·Pb⁻¹(g_n − pred)
+        X[:m] += buf_x[:m]
+        np.matmul(Rn, X[:m], out=pred)
+        db = da.T  # Σ_i R(i+1)ᵀ b_i = daᵀ for a symmetric block-Toeplitz matrix
+        _, kb, info = posv(Pa, db)
+        if info:
+            raise np.linalg.LinAlgError("prediction-error matrix is not positive definite")
+        np.matmul(b, ka, out=buf_a[:m])
+        np.matmul(a, kb, out=buf_b[:m])
+        A[M : m + M] -= buf_a[:m]
+        Bk[top : top + m] -= buf_b[:m]
+        Pa, Pb = Pa - db @ ka, Pb - da @ kb
+    _, step, info = posv(Pb, g[P - 1] - pred)
     if info:
         raise np.linalg.LinAlgError("prediction-error matrix is not positive definite")
-    return x
+    X += Bk @ step
+    return X.reshape(P, M, -1), Pa
 
 
 def _block_levinson(R: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Solve Σ_d' R(d − d') x(d') = g(d), d < P, with R(−t) = R(t)ᵀ (R: (..., P, M, M), g: (..., P, M, J)).
 
     Block Levinson (Whittle/Wiggins–Robinson) recursion with forward and backward predictors, O(P²M³),
-    over any leading batch dims (one Python loop for all systems). The symmetry makes the backward
-    residual the transpose of the forward one (one product fewer per step); products go to reused
-    buffers. Returns x and the final forward prediction-error matrix (its diagonal tells how well
-    conditioned the system was).
+    over any leading batch dims (one Python loop for all systems; ``_levinson_one`` is the single-system
+    version). The symmetry makes the backward residual the transpose of the forward one (one product
+    fewer per step); products go to reused buffers. Returns x and the final forward prediction-error
+    matrix (its diagonal tells how well conditioned the system was).
     """
     *lead, P, M, _ = R.shape
     lead = tuple(lead)
     J = g.shape[-1]
-    solve = np.linalg.solve if lead else _posv
+    solve = np.linalg.solve
     # fwd[..., k, i·M + l] = R(P−1−i)[k, l]: the block row R(n+1), ..., R(1) is a contiguous column range
     fwd = np.ascontiguousarray(np.swapaxes(R[..., ::-1, :, :], -3, -2)).reshape(lead + (M, P * M))
     A = np.zeros(lead + (P * M, M))  # forward predictor blocks a_0..a_n stacked (a_0 = I)
@@ -241,7 +277,7 @@ def _levinson_checked(R: np.ndarray, g: np.ndarray, s: int) -> tuple[np.ndarray,
     grouped = _lag_blocks(R, s)
     gg = g.reshape(B, L // s, s * K, J)
     if B == 1:
-        X, Pa = _block_levinson(grouped[0], gg[0])
+        X, Pa = _levinson_one(grouped[0], gg[0])
         X, Pa = X[None], Pa[None]
     else:
         X, Pa = _block_levinson(grouped, gg)

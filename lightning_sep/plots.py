@@ -21,7 +21,7 @@ def write_example(folder: Path, key: str, waves: dict[str, np.ndarray], sample_r
         sf.write(folder / f"{key}_{name}.flac", wave * scale, sample_rate, subtype="PCM_16")
     fig, axes = plt.subplots(len(waves), 1, figsize=(8, 1.6 * len(waves)), sharex=True, squeeze=False)
     duration = len(next(iter(waves.values()))) / sample_rate
-    for ax, (name, wave) in zip(axes[:, 0], waves.items()):
+    for ax, (name, wave) in zip(axes[:, 0], waves.items(), strict=True):
         with torch.no_grad():
             db = 20 * torch.log10(stft(torch.from_numpy(wave)[None]).abs()[0] + 1e-5).numpy()
         ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=db.max() - 80, vmax=db.max(),

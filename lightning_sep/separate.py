@@ -20,15 +20,12 @@ from .methods import METHODS
 
 
 def load_model(checkpoint: Path, device: str = "cpu"):
-    from .cli import check_checkpoint
+    from .experiment import check_checkpoint
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    method = ckpt.get("hyper_parameters", {}).get("config", {}).get("method")
+    method = check_checkpoint(checkpoint, None)["hyper_parameters"]["config"]["method"]
     if method not in METHODS:
-        raise FileNotFoundError(f"{checkpoint}: not a lightning_sep checkpoint (method {method!r})")
-    check_checkpoint(checkpoint, method)
-    model = METHODS[method].load_from_checkpoint(checkpoint, map_location=device)
-    return model.eval()
+        raise FileNotFoundError(f"{checkpoint}: trained by method {method!r}, which this version does not have")
+    return METHODS[method].load_from_checkpoint(checkpoint, map_location=device).eval()
 
 
 def crossfade_weights(n_chunk: int, n_overlap: int) -> torch.Tensor:

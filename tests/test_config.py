@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import REPO
+
 from lightning_sep.config import ConfigError, identity, load_config, parse_overrides
 from lightning_sep.methods import SCHEMAS
 from lightning_sep.runs import resolve_run_dir, run_id

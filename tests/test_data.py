@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import REPO, build_toy_dataset
+
 from lightning_sep.data.datamodule import DataConfig, PoolSpec, SeparationDataModule
 from lightning_sep.data.shards import DatasetError, DatasetInfo, decode_sample, iter_tar, read_pool
 
@@ -65,7 +65,8 @@ def test_writer_refuses_a_stem_the_pool_must_not_hold(tmp_path):
 
 
 def test_shards_are_byte_identical_across_builds(tmp_path):
-    a, b = build_toy_dataset(tmp_path / "a", seed=3), build_toy_dataset(tmp_path / "b", seed=3)
+    a = build_toy_dataset(tmp_path / "a", seed=3)
+    build_toy_dataset(tmp_path / "b", seed=3)
     for shard in a.pool("train", "isolated").shards:
         assert (tmp_path / "a" / shard).read_bytes() == (tmp_path / "b" / shard).read_bytes()
 

@@ -6,8 +6,8 @@ import re
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from lightning_sep.config import ConfigError, load_config
 from lightning_sep.methods import SCHEMAS
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import REPO, cli
 
 CONFIG = "experiments/supervised/demo_speech_noise.yaml"
@@ -163,7 +162,8 @@ def test_separate_long_stereo_file_sums_back(trained, tmp_path):
     rate, seconds = 44100, 180
     rng = np.random.default_rng(0)
     t = np.arange(rate * seconds) / rate
-    left = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 0.5 * t)) / 2 + 0.05 * rng.standard_normal(len(t))
+    swell = (1 + np.sin(2 * np.pi * 0.5 * t)) / 2
+    left = 0.3 * np.sin(2 * np.pi * 220 * t) * swell + 0.05 * rng.standard_normal(len(t))
     right = 0.2 * np.sin(2 * np.pi * 330 * t) + 0.05 * rng.standard_normal(len(t))
     audio = np.stack([left, right], axis=1).astype(np.float32)
     path = tmp_path / "song.wav"

@@ -17,6 +17,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
+from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -176,7 +177,7 @@ class SeparationModule(pl.LightningModule):
         png = write_example(folder, key, {k: v.float().cpu().numpy() for k, v in waves.items()},
                             self.sample_rate, self.stft)
         for logger in self.loggers:
-            if hasattr(logger, "log_image") and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+            if isinstance(logger, WandbLogger):
                 logger.log_image(key=f"examples/{tag.split('/')[0]}/{key}", images=[str(png)], step=self.global_step)
 
 

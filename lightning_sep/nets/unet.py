@@ -47,7 +47,8 @@ class MaskUNet(nn.Module):
         self.n_sources, self.cfg = n_sources, cfg
         widths = [min(cfg.channels * 2**i, cfg.max_channels) for i in range(cfg.depth)]
         self.norm = nn.BatchNorm2d(1)
-        self.down = nn.ModuleList(_down(cin, cout, cfg.kernel_size) for cin, cout in zip([1] + widths[:-1], widths))
+        pairs = zip([1] + widths[:-1], widths, strict=True)
+        self.down = nn.ModuleList(_down(cin, cout, cfg.kernel_size) for cin, cout in pairs)
         # decoder level i takes the level below (concatenated with its skip, except at the bottom)
         self.up = nn.ModuleList(
             _up(widths[i] * (1 if i == cfg.depth - 1 else 2), widths[i - 1] if i > 0 else cfg.channels)

@@ -1,0 +1,118 @@
+"""Fitting and testing one experiment: what `lightning-sep fit/test/demo` and the benchmarks call.
+
+``fit(cfg)`` trains (or resumes) the run of a config and returns its folder; ``test(cfg, folder)`` scores the
+run's checkpoint on the test split and writes ``results.json``/``results.md``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError, load_config
+from .data.datamodule import SeparationDataModule
+from .data.shards import DatasetError, DatasetInfo
+from .methods import METHODS, SCHEMAS
+from .results import write_results
+from .runs import (
+    RUN_DIR_ENV,
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    finish_loggers,
+    is_rank_zero,
+    last_checkpoint,
+    make_loggers,
+    resolve_run_dir,
+)
+
+
+def load(config: str | Path, overrides: list[str]) -> DictConfig:
+    """An experiment YAML with overrides, checked against its method's schema."""
+    return load_config(config, overrides, SCHEMAS)
+
+
+def make_trainer(cfg: DictConfig, folder: Path, loggers, callbacks, for_fit: bool) -> pl.Trainer:
+    t = cfg.trainer
+    return pl.Trainer(
+        default_root_dir=str(folder), max_steps=t.max_steps if for_fit else -1, max_epochs=-1,
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=t.precision, val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
+        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic, enable_progress_bar=t.progress_bar, logger=loggers,
+        callbacks=callbacks, enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=for_fit,
+    )
+
+
+def fit(cfg: DictConfig) -> Path:
+    """Train (or resume) the run of ``cfg``; returns its folder."""
+    method = METHODS[cfg.method]
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    info = DatasetInfo.load(cfg.data.root)
+    folder = resolve_run_dir(cfg)
+    os.environ[RUN_DIR_ENV] = str(folder)  # DDP ranks started from this process use the same folder
+    ckpt = last_checkpoint(folder) if cfg.run.resume else None
+    if ckpt is not None:
+        check_checkpoint(ckpt, cfg.method)
+    if is_rank_zero():
+        folder.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
+        print(f"run folder: {folder}" + (f" (resuming from {ckpt})" if ckpt else ""), flush=True)
+    data = SeparationDataModule(cfg.data, method.train_pools(info), seed=cfg.seed,
+                                forbidden=method.forbidden_stems(info))
+    model = method(OmegaConf.to_container(cfg, resolve=True), dataset_summary(info))
+    loggers = make_loggers(cfg, folder)
+    callbacks = [LastCheckpoint(folder, cfg.trainer.checkpoint_every_n_steps), *model.extra_callbacks(folder)]
+    trainer = make_trainer(cfg, folder, loggers, callbacks, for_fit=True)
+    failed = True
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+        failed = False
+    finally:
+        finish_loggers(loggers, failed)
+    return folder
+
+
+def dataset_summary(info: DatasetInfo) -> dict:
+    """What a module needs to know of its dataset (stored in its checkpoint)."""
+    return {"name": info.name, "sample_rate": info.sample_rate, "stems": list(info.stems),
+            "observed": info.observed, "unobserved": info.unobserved, "classes": list(info.classes)}
+
+
+def check_checkpoint(path: Path, method: str | None) -> dict:
+    """The loaded checkpoint; an error if it is not ours or (``method`` given) was trained by another method."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"{path}: not a readable checkpoint ({e})") from e
+    hparams = ckpt.get("hyper_parameters", {})
+    stored = hparams.get("config", {}).get("method")
+    if stored is None:
+        raise ConfigError(f"{path}: not a lightning_sep checkpoint (no stored config)")
+    if method is not None and stored != method:
+        raise ConfigError(f"{path}: checkpoint of method {stored!r}, but this config is for method {method!r}")
+    return ckpt
+
+
+def test(cfg: DictConfig, folder: Path, ckpt: Path | None = None) -> dict:
+    """Score the run's checkpoint on the test split; writes results.json / results.md (rank 0)."""
+    method = METHODS[cfg.method]
+    ckpt = ckpt or last_checkpoint(folder)
+    if ckpt is None:
+        raise DatasetError(f"{folder}: no checkpoints/last.ckpt to test; train it first with `lightning-sep fit`")
+    step = check_checkpoint(ckpt, cfg.method).get("global_step", -1)
+    info = DatasetInfo.load(cfg.data.root)
+    model = method.load_from_checkpoint(ckpt, map_location="cpu")
+    model.cfg.eval = cfg.eval  # scoring settings come from the current config, not from training time
+    data = SeparationDataModule(cfg.data, {}, seed=cfg.seed)
+    trainer = make_trainer(cfg, folder, loggers=False, callbacks=[], for_fit=False)
+    trainer.test(model, datamodule=data, verbose=False)
+    results = {"method": cfg.method, "dataset": info.name, "split": cfg.data.test_split,
+               "checkpoint": str(ckpt), "step": step, **(model.test_results or {})}
+    results.update(model.extra_results(folder))
+    if is_rank_zero():
+        write_results(folder, results)
+    return results
