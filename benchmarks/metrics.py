@@ -8,12 +8,12 @@ computes the same quantity as ``lightning_sep.metrics.bss_eval``. fast_bss_eval'
 is shown for reference: same SIR/SAR projections, but the bss_eval_sources SDR, which differs from v4.
 
 Two rows for lightning_sep: "per pair" calls ``bss_eval`` once per (2, T) pair, as ``score_clip`` does for
-every test clip, and is the headline ``speed_ratio``; "batched" scores all pairs in one (pairs, 2, T) call
-(chunks of items share one block-Levinson recursion), the way to call it for many clips at once
-(``speed_ratio_batched``); both must give the same numbers. The machine is shared and noisy, so the
-whole-signal implementations are timed interleaved: rounds of ``--round`` pairs, each round timing
-museval, lightning_sep (per pair, then batched) and fast_bss_eval back to back on the same pairs, and
-summing; every implementation gets one untimed warm-up call first.
+every test clip, and is the headline ``speed_ratio``; "batched" scores each round's pairs in one (round, 2, T)
+call (items share one block-Levinson recursion), the way to call it for many clips at once
+(``speed_ratio_batched``); the two agree to solver rounding (their max difference is printed). The
+machine is shared and noisy, so the whole-signal implementations are timed interleaved: rounds of
+``--round`` pairs, each round timing museval, lightning_sep (per pair, then batched) and fast_bss_eval
+back to back on the same pairs, and summing; every implementation gets one untimed warm-up call first.
 
 Framewise rows: fewer, longer pairs with silent gaps, museval-style frames (filters from the whole clip,
 metrics per frame, NaN where a frame has a silent stem); the NaN frames must coincide.
