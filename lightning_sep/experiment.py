@@ -21,6 +21,7 @@ from .runs import (
     RUN_DIR_ENV,
     AtomicCheckpointIO,
     LastCheckpoint,
+    ValidationReport,
     finish_loggers,
     is_rank_zero,
     last_checkpoint,
@@ -65,7 +66,8 @@ def fit(cfg: DictConfig) -> Path:
                                 forbidden=method.forbidden_stems(info))
     model = method(OmegaConf.to_container(cfg, resolve=True), dataset_summary(info))
     loggers = make_loggers(cfg, folder)
-    callbacks = [LastCheckpoint(folder, cfg.trainer.checkpoint_every_n_steps), *model.extra_callbacks(folder)]
+    callbacks = [LastCheckpoint(folder, cfg.trainer.checkpoint_every_n_steps), ValidationReport(),
+                 *model.extra_callbacks(folder)]
     trainer = make_trainer(cfg, folder, loggers, callbacks, for_fit=True)
     failed = True
     try:

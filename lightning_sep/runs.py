@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,22 @@ class LastCheckpoint(pl.Callback):
         # rank has to join the collective save, i.e. in a single-process run
         if trainer.world_size == 1 and isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             self._save(trainer)
+
+
+class ValidationReport(pl.Callback):
+    """One line per validation on rank 0 (step, elapsed time, validation metrics): a log readable without
+    the progress bar, in CI output and SLURM files."""
+
+    def __init__(self):
+        self.start = time.time()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        values = {k[4:]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(values.items()))
+        minutes = (time.time() - self.start) / 60
+        print(f"step {trainer.global_step}/{trainer.max_steps} ({minutes:.1f} min): {shown}", flush=True)
 
 
 def wandb_mode(cfg: DictConfig) -> str:

@@ -80,6 +80,7 @@ def test_same_config_same_folder_and_resume_false_starts_a_new_one(toy_dataset, 
     assert new_folder.name.endswith("-2") and "resumed" not in fresh.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_in_the_same_folder(toy_dataset, tmp_path, sig):
     runs = tmp_path / "runs"
@@ -144,6 +145,7 @@ def test_nan_loss_stops_with_the_term_named(toy_dataset, tmp_path):
                      proc.stderr)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_fit_and_test_match_one_process(toy_dataset, tmp_path):
     runs = tmp_path / "runs"
     ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
