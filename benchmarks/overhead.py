@@ -49,7 +49,9 @@ def build(cfg):
 def bare(cfg, steps: int, warmup: int) -> float:
     torch.manual_seed(cfg.seed)
     data, model = build(cfg)
-    opt = model.configure_optimizers()
+    configured = model.configure_optimizers()
+    opt = configured["optimizer"] if isinstance(configured, dict) else configured
+    sched = configured["lr_scheduler"]["scheduler"] if isinstance(configured, dict) else None
     model.train()
     loader = iter(data.train_dataloader())
     start = None
@@ -61,6 +63,8 @@ def bare(cfg, steps: int, warmup: int) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
     return steps / (time.perf_counter() - start)
 
 
