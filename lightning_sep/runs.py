@@ -10,6 +10,7 @@ from __future__ import annotations
 import netrc
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -127,11 +128,13 @@ def wandb_mode(cfg: DictConfig) -> str:
     if os.environ.get("WANDB_API_KEY"):
         return "online"
     try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (FileNotFoundError, netrc.NetrcParseError):
-        pass  # no netrc file: no stored credentials
-    return "offline"
+        logged_in = netrc.netrc().authenticators("api.wandb.ai") is not None
+    except FileNotFoundError:
+        logged_in = False  # no ~/.netrc: no stored credentials
+    except netrc.NetrcParseError as e:
+        warnings.warn(f"W&B: cannot read ~/.netrc ({e}); logging offline", stacklevel=2)
+        logged_in = False
+    return "online" if logged_in else "offline"
 
 
 def make_loggers(cfg: DictConfig, folder: Path) -> list[Logger]:
