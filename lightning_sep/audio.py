@@ -80,17 +80,17 @@ class STFT(nn.Module):
         return spec.abs(), torch.angle(spec)
 
     @fp32
-    def log_magnitude(self, wave: Tensor) -> Tensor:
-        """Log-compressed magnitude, the networks' input: (..., T) → (..., F, N)."""
-        return torch.log(self(wave).abs() + self.cfg.log_eps)
+    def log_magnitude(self, wave: Tensor, spec: Tensor | None = None) -> Tensor:
+        """Log-compressed magnitude, the networks' input: (..., T) → (..., F, N) (``spec``: its STFT, if known)."""
+        return torch.log((self(wave) if spec is None else spec).abs() + self.cfg.log_eps)
 
     @fp32
-    def apply_masks(self, masks: Tensor, mixture: Tensor) -> Tensor:
+    def apply_masks(self, masks: Tensor, mixture: Tensor, spec: Tensor | None = None) -> Tensor:
         """Masked magnitudes with the mixture's phase, back to waveforms.
 
         masks (B, K, F, N) real, mixture (B, T) → (B, K, T). Masks that sum to one over K give
         estimates that sum to the mixture (up to float rounding): mixture consistency for free.
         """
-        spec = self(mixture).unsqueeze(1)  # (B, 1, F, N)
+        spec = (self(mixture) if spec is None else spec).unsqueeze(1)  # (B, 1, F, N); pass it to skip a 2nd STFT
         return self.inverse(masks * spec, mixture.shape[-1])
 

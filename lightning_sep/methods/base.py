@@ -72,9 +72,9 @@ class SeparationModule(pl.LightningModule):
         """Method-specific entries for results.json."""
         return {}
 
-    def masks(self, mix: Tensor) -> Tensor:
+    def masks(self, mix: Tensor, spec: Tensor | None = None) -> Tensor:
         """(B, T) mixture → (B, K, F, N) masks, one per stem in ``self.stems`` order."""
-        return self.net(self.stft.log_magnitude(mix))
+        return self.net(self.stft.log_magnitude(mix, spec))
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> Tensor:
@@ -107,7 +107,8 @@ class SeparationModule(pl.LightningModule):
     @torch.no_grad()
     def separate(self, mix: Tensor) -> Tensor:
         """(B, T) mixtures → (B, K, T) estimates of ``self.stems`` (they sum to the mixture)."""
-        return self.stft.apply_masks(self.masks(mix), mix)
+        spec = self.stft(mix)
+        return self.stft.apply_masks(self.masks(mix, spec), mix, spec)
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -51,9 +51,10 @@ class Supervised(SeparationModule):
             # pair the first source of clip b with the other sources of clip b+1: new mixtures, same stems
             sources = torch.cat([sources[:, :1], sources[:, 1:].roll(1, dims=0)], dim=1)
         mix = sources.sum(dim=1)
-        masks = self.masks(mix)
+        spec = self.stft(mix)  # once, for the network's input and for the masked output
+        masks = self.masks(mix, spec)
         if self.cfg.supervised.loss == "si_sdr":
-            loss = -si_sdr(self.stft.apply_masks(masks, mix), sources).nanmean()  # silent crops are NaN: skipped
+            loss = -si_sdr(self.stft.apply_masks(masks, mix, spec), sources).nanmean()  # silent crops: NaN, skipped
             return {"loss": loss, "neg_si_sdr": loss.detach()}
-        loss = F.l1_loss(masks * self.stft(mix).abs().unsqueeze(1), self.stft(sources).abs())
+        loss = F.l1_loss(masks * spec.abs().unsqueeze(1), self.stft(sources).abs())
         return {"loss": loss, "l1_magnitude": loss.detach()}
