@@ -58,7 +58,7 @@ def bare(cfg, steps: int, warmup: int) -> float:
     for i in range(warmup + steps):
         if i == warmup:
             start = time.perf_counter()
-        batch = data.on_after_batch_transfer(next(loader), 0)
+        batch = next(loader)
         loss = model.training_losses(batch)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
