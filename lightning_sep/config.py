@@ -47,13 +47,17 @@ class TrainerConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam optimizer and an optional step decay of the learning rate."""
+    """Adam optimizer and its learning-rate schedule."""
 
-    lr: float = 1e-3  # learning rate
+    lr: float = 1e-3  # learning rate (the peak, for the cosine schedule)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's moment decay rates
     weight_decay: float = 0.0  # L2 penalty (Adam's weight_decay)
-    decay_every_steps: int | None = None  # multiply lr by decay_factor every N steps (None: constant lr)
-    decay_factor: float = 0.5  # the factor of that decay
+    schedule: str = "step"  # step: x decay_factor every decay_every_steps; cosine: warm-up, then down to final_lr_ratio
+    decay_every_steps: int | None = None  # step schedule: multiply lr by decay_factor every N steps (None: constant lr)
+    decay_factor: float = 0.5  # step schedule: the factor of that decay
+    warmup_steps: int = 0  # cosine schedule: linear warm-up from 0 over this many steps
+    schedule_steps: int | None = None  # cosine schedule: its length (None: trainer.max_steps, fixed at the start)
+    final_lr_ratio: float = 0.01  # cosine schedule: lr at the end, relative to lr
 
 
 @dataclass

@@ -31,12 +31,20 @@ from .runs import (
 
 
 def load(config: str | Path, overrides: list[str]) -> DictConfig:
-    """An experiment YAML with overrides, checked against its method's schema."""
-    return load_config(config, overrides, SCHEMAS)
+    """An experiment YAML with overrides, checked against its method's schema, with derived values filled in."""
+    cfg = load_config(config, overrides, SCHEMAS)
+    o = cfg.optim
+    if o.schedule not in ("step", "cosine"):
+        raise ConfigError(f"{config}: optim.schedule={o.schedule!r} is not one of 'step', 'cosine'")
+    METHODS[cfg.method].resolve_config(cfg)
+    if o.schedule == "cosine" and o.schedule_steps is None:
+        o.schedule_steps = cfg.trainer.max_steps  # written into the config, so the run's identity includes it
+    return cfg
 
 
 def make_trainer(cfg: DictConfig, folder: Path, loggers, callbacks, for_fit: bool) -> pl.Trainer:
     t = cfg.trainer
+    reload = METHODS[cfg.method].reload_train_data_each_epoch
     return pl.Trainer(
         default_root_dir=str(folder), max_steps=t.max_steps if for_fit else -1, max_epochs=-1,
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
@@ -45,6 +53,7 @@ def make_trainer(cfg: DictConfig, folder: Path, loggers, callbacks, for_fit: boo
         deterministic=t.deterministic, enable_progress_bar=t.progress_bar, logger=loggers,
         callbacks=callbacks, enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=for_fit,
+        reload_dataloaders_every_n_epochs=1 if reload else 0,
     )
 
 

@@ -34,3 +34,23 @@ def write_example(folder: Path, key: str, waves: dict[str, np.ndarray], sample_r
     fig.savefig(png, dpi=80)
     plt.close(fig)
     return png
+
+
+def plot_curve(path: Path, points: list[tuple[float, float | None]], xlabel: str, ylabel: str, title: str,
+               baselines: dict[str, float] | None = None) -> Path:
+    """A line plot of (x, y) points (``None`` values are left out), with optional horizontal baselines."""
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    shown = [(x, y) for x, y in points if y is not None]
+    if shown:
+        ax.plot(*zip(*shown, strict=True), marker="o")
+    for i, (name, value) in enumerate((baselines or {}).items()):
+        ax.axhline(value, linestyle="--", color=f"C{i + 1}", label=name)
+    if baselines:
+        ax.legend(loc="lower right")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

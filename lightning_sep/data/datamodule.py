@@ -56,11 +56,15 @@ class DataConfig:
 
 @dataclass
 class PoolSpec:
-    """A training pool a method draws from: ``split/pool`` in the dataset, and which stems it decodes."""
+    """A training pool a method draws from: ``split/pool`` of the dataset, and which stems it decodes.
+
+    ``root`` reads the pool from another prepared folder instead (e.g. the estimates NES writes into its run).
+    """
 
     split: str
     pool: str
     stems: list[str]
+    root: str | None = None
 
 
 def _distributed() -> tuple[int, int]:
@@ -165,13 +169,17 @@ class ZipPools(IterableDataset):
 class EvalClips(IterableDataset):
     """Every clip of an evaluation pool exactly once across ranks and workers, whole, in a fixed order."""
 
-    def __init__(self, info: DatasetInfo, split: str, limit: int | None, rank: int, world: int):
+    def __init__(self, info: DatasetInfo, split: str, limit: int | None, rank: int, world: int,
+                 pool: str | None = None, stems: list[str] | None = None):
+        """``pool``: one pool of the split (default: the split's only pool); ``stems``: those decoded
+        (default: the mixture and every stem)."""
         super().__init__()
-        self.urls = info.urls(split)
+        self.urls = info.urls(split, pool)
         self.where = f"{info.root}/{split}"
-        self.stems = ["mix", *info.stems]
+        self.stems = ["mix", *info.stems] if stems is None else list(stems)
         self.rate, self.classes = info.sample_rate, list(info.classes)
-        self.limit = info.pool(split).clips if limit is None else min(limit, info.pool(split).clips)
+        clips = info.pool(split, pool).clips
+        self.limit = clips if limit is None else min(limit, clips)
         self.rank, self.world = rank, world
 
     def __len__(self) -> int:  # clips this rank scores
@@ -205,22 +213,28 @@ class SeparationDataModule(pl.LightningDataModule):
 
     def __init__(self, cfg: DataConfig, pools: dict[str, PoolSpec], seed: int = 0, forbidden: tuple[str, ...] = ()):
         super().__init__()
-        self.cfg, self.pools, self.seed = cfg, pools, seed
+        self.cfg, self.pools, self.seed, self.forbidden = cfg, {}, seed, tuple(forbidden)
         self.info = DatasetInfo.load(cfg.root)
         for name, spec in pools.items():
-            held = set(self.info.pool(spec.split, spec.pool).members)
-            missing = set(spec.stems) - held
-            if missing:
-                raise DatasetError(
-                    f"{cfg.root}/{spec.split}/{spec.pool}: pool {name!r} needs stems {sorted(missing)}, "
-                    f"its shards hold {sorted(held)}"
-                )
-            leaked = (set(spec.stems) | held) & set(forbidden)
-            if leaked:
-                raise DatasetError(
-                    f"{cfg.root}/{spec.split}/{spec.pool}: training pool {name!r} holds {sorted(leaked)}, "
-                    "which this method must never see in training"
-                )
+            self.set_pool(name, spec)
+
+    def set_pool(self, name: str, spec: PoolSpec) -> None:
+        """Add or replace a training pool; it is read from the next ``train_dataloader()`` on."""
+        info = self._info(spec)
+        held = set(info.pool(spec.split, spec.pool).members)
+        where = f"{info.root}/{spec.split}/{spec.pool}"
+        missing = set(spec.stems) - held
+        if missing:
+            raise DatasetError(f"{where}: pool {name!r} needs stems {sorted(missing)}, its shards hold {sorted(held)}")
+        leaked = (set(spec.stems) | held) & set(self.forbidden)
+        if leaked:
+            raise DatasetError(
+                f"{where}: training pool {name!r} holds {sorted(leaked)}, which this method must never see in training"
+            )
+        self.pools[name] = spec
+
+    def _info(self, spec: PoolSpec) -> DatasetInfo:
+        return self.info if spec.root is None else DatasetInfo.load(spec.root)
 
     @property
     def sample_rate(self) -> int:
@@ -242,7 +256,7 @@ class SeparationDataModule(pl.LightningDataModule):
         # the restored step enters the seed, so a resumed run draws new examples instead of replaying old ones
         step = self.trainer.global_step if self.trainer is not None else 0
         streams = {
-            name: TrainStream(self.info, spec, self.cfg, seed=f"{self.seed}/{name}/{step}", rank=rank)
+            name: TrainStream(self._info(spec), spec, self.cfg, seed=f"{self.seed}/{name}/{step}", rank=rank)
             for name, spec in self.pools.items()
         }
         return self._loader(ZipPools(streams, self.cfg.batches_per_epoch))

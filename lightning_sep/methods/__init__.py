@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .base import SeparationModule
+from .nes import NES
 from .supervised import Supervised
 
-METHODS: dict[str, type[SeparationModule]] = {m.name: m for m in (Supervised,)}
+METHODS: dict[str, type[SeparationModule]] = {m.name: m for m in (Supervised, NES)}
 SCHEMAS = {name: m.Config for name, m in METHODS.items()}

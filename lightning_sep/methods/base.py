@@ -10,6 +10,8 @@ losses from ``training_losses(batch)`` with the total under ``"loss"``.
 """
 from __future__ import annotations
 
+import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ class NonFiniteLossError(RuntimeError):
 class SeparationModule(pl.LightningModule):
     name = "base"
     Config: type = ExperimentConfig
+    reload_train_data_each_epoch = False  # True when the training pools change between epochs (NES)
 
     def __init__(self, config: dict, dataset: dict):
         """``config``: the resolved experiment config as a plain dict (stored in every checkpoint);
@@ -60,6 +63,10 @@ class SeparationModule(pl.LightningModule):
     @classmethod
     def forbidden_stems(cls, info: DatasetInfo) -> tuple[str, ...]:
         return ()
+
+    @classmethod
+    def resolve_config(cls, cfg: DictConfig) -> None:
+        """Fill in values that follow from others (called once when the experiment is loaded)."""
 
     def training_losses(self, batch: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -98,9 +105,14 @@ class SeparationModule(pl.LightningModule):
     def configure_optimizers(self):
         o = self.cfg.optim
         opt = torch.optim.Adam(self.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        if not o.decay_every_steps:
+        if o.schedule == "cosine":
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, partial(cosine_factor, warmup=o.warmup_steps, total=o.schedule_steps, final=o.final_lr_ratio)
+            )
+        elif o.schedule == "step" and o.decay_every_steps:
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.decay_every_steps, gamma=o.decay_factor)
+        else:
             return opt
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.decay_every_steps, gamma=o.decay_factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ separation
@@ -180,6 +192,14 @@ class SeparationModule(pl.LightningModule):
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=f"examples/{tag.split('/')[0]}/{key}", images=[str(png)], step=self.global_step)
+
+
+def cosine_factor(step: int, warmup: int, total: int, final: float) -> float:
+    """Learning-rate factor: linear warm-up to 1, then a half cosine down to ``final`` at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def summarize(rows: list[dict[str, Any]], stems: list[str]) -> dict[str, dict[str, dict[str, float]]]:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import ExperimentConfig
+from ..config import ConfigError, ExperimentConfig
 from ..data.datamodule import PoolSpec
 from ..data.shards import DatasetInfo
 from ..metrics import si_sdr
@@ -26,6 +26,7 @@ class SupervisedParams:
     remix: bool = True  # mix each clip's first stem with another clip's other stems (more distinct mixtures)
     loss: str = "magnitude_l1"  # magnitude_l1: L1 between masked and true magnitudes; si_sdr: negative SI-SDR of
     #                             the waveforms rebuilt with the mixture's phase (optimises the reported metric)
+    loss_stems: list[str] = field(default_factory=list)  # stems the loss scores (empty: every stem)
 
 
 @dataclass
@@ -40,6 +41,9 @@ class Supervised(SeparationModule):
     def __init__(self, config: dict, dataset: dict):
         super().__init__(config, dataset)
         self.net = MaskUNet(len(self.stems), self.cfg.net)
+        unknown = set(self.cfg.supervised.loss_stems) - set(self.stems)
+        if unknown:
+            raise ConfigError(f"supervised.loss_stems names {sorted(unknown)}; the dataset's stems are {self.stems}")
 
     @classmethod
     def train_pools(cls, info: DatasetInfo) -> dict[str, PoolSpec]:
@@ -53,6 +57,8 @@ class Supervised(SeparationModule):
         mix = sources.sum(dim=1)
         spec = self.stft(mix)  # once, for the network's input and for the masked output
         masks = self.masks(mix, spec)
+        scored = [self.stems.index(s) for s in self.cfg.supervised.loss_stems] or list(range(len(self.stems)))
+        masks, sources = masks[:, scored], sources[:, scored]
         if self.cfg.supervised.loss == "si_sdr":
             loss = -si_sdr(self.stft.apply_masks(masks, mix, spec), sources).nanmean()  # silent crops: NaN, skipped
             return {"loss": loss, "neg_si_sdr": loss.detach()}
