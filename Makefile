@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/loader.py --json runs/bench/loader.json
 	$(BIN)/python benchmarks/metrics.py --json runs/bench/metrics.json
 	$(BIN)/python benchmarks/overhead.py --json runs/bench/overhead.json
+	$(BIN)/python benchmarks/nes.py --json runs/bench/nes.json
 
 lint: install
 	$(BIN)/ruff check lightning_sep tests benchmarks

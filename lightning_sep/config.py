@@ -58,6 +58,7 @@ class OptimConfig:
     warmup_steps: int = 0  # cosine schedule: linear warm-up from 0 over this many steps
     schedule_steps: int | None = None  # cosine schedule: its length (None: trainer.max_steps, fixed at the start)
     final_lr_ratio: float = 0.01  # cosine schedule: lr at the end, relative to lr
+    ema_decay: float | None = None  # evaluate an exponential moving average of the weights (e.g. 0.999; None: off)
 
 
 @dataclass

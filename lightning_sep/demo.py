@@ -16,9 +16,10 @@ def run_demo(data: Path, runs: Path, overrides: list[str], experiments: Path) ->
     from .experiment import fit, load, test
 
     start = time.time()
-    if not (data / "dataset.json").is_file():
-        recipe = get_recipe("demo-speech-noise")
-        print(f"building demo-speech-noise into {data} ...", flush=True)
+    recipe = get_recipe("demo-speech-noise")
+    stale = _stale_reason(data, recipe.VERSION)
+    if stale:
+        print(f"building demo-speech-noise into {data} ({stale}) ...", flush=True)
         recipe.build(data, options_from(recipe, [], seed=0), progress=True)
     rows = []
     for label, yaml in DEMO_EXPERIMENTS:
@@ -34,6 +35,17 @@ def run_demo(data: Path, runs: Path, overrides: list[str], experiments: Path) ->
     print(f"\npeak memory: {main_gb:.2f} GB in this process, {child_gb:.2f} GB in the largest loader worker")
     print(f"demo finished in {(time.time() - start) / 60:.1f} min")
     return 0
+
+
+def _stale_reason(data: Path, version: int) -> str | None:
+    """Why the demo dataset must be (re)built, or None when the folder holds this recipe version's build."""
+    import json
+
+    index = data / "dataset.json"
+    if not index.is_file():
+        return "not built yet"
+    built = json.loads(index.read_text()).get("made_by", {}).get("version")
+    return None if built == version else f"built by recipe version {built}, this is version {version}"
 
 
 def summary_table(rows) -> str:

@@ -36,7 +36,8 @@ def keys_of(root: Path, split: str, pool: str) -> list[str]:
 
 def members_of(root: Path, split: str, pool: str) -> set[str]:
     info = DatasetInfo.load(root)
-    return {name for url in info.urls(split, pool) for raw in iter_tar(url) for name in raw if not name.startswith("__")}
+    raws = [raw for url in info.urls(split, pool) for raw in iter_tar(url)]
+    return {name for raw in raws for name in raw if not name.startswith("__")}
 
 
 @pytest.fixture(scope="module")

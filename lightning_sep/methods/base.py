@@ -54,6 +54,7 @@ class SeparationModule(pl.LightningModule):
                 self._val_scores[f"{stem}/{metric}"] = MeanMetric(nan_strategy="ignore")
         self.test_rows: list[dict[str, Any]] = []
         self.test_results: dict[str, Any] | None = None
+        self.net_average: torch.optim.swa_utils.AveragedModel | None = None
 
     # ------------------------------------------------------------------ what a method provides
     @classmethod
@@ -80,8 +81,28 @@ class SeparationModule(pl.LightningModule):
         return {}
 
     def masks(self, mix: Tensor, spec: Tensor | None = None) -> Tensor:
-        """(B, T) mixture → (B, K, F, N) masks, one per stem in ``self.stems`` order."""
-        return self.net(self.stft.log_magnitude(mix, spec))
+        """(B, T) mixture → (B, K, F, N) masks, one per stem in ``self.stems`` order.
+
+        Outside training the weight average (``optim.ema_decay``) separates, when there is one.
+        """
+        net = self.net_average.module if self.net_average is not None and not self.training else self.net
+        return net(self.stft.log_magnitude(mix, spec))
+
+    def average_weights(self) -> None:
+        """Keep an exponential moving average of ``self.net`` (``optim.ema_decay``) for validation, test and
+        separation; methods call this right after building ``self.net``. It smooths the step-to-step noise of
+        the last weights (validation scores of the plain weights wander by about 0.2 dB between checks)."""
+        decay = self.cfg.optim.ema_decay
+        if decay is None:
+            return
+        self.net_average = torch.optim.swa_utils.AveragedModel(
+            self.net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True
+        )
+        self.net_average.requires_grad_(False)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.net_average is not None:
+            self.net_average.update_parameters(self.net)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> Tensor:
@@ -104,7 +125,8 @@ class SeparationModule(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        opt = torch.optim.Adam(self.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        trained = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(trained, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         if o.schedule == "cosine":
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, partial(cosine_factor, warmup=o.warmup_steps, total=o.schedule_steps, final=o.final_lr_ratio)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class NES(SeparationModule):
                 f"observed={self.observed!r}, unobserved={self.unobserved!r} among stems {self.stems}"
             )
         self.net = MaskUNet(len(self.stems), self.cfg.net)
+        self.average_weights()
         self.observed_index = self.stems.index(self.observed)
 
     # ------------------------------------------------------------------ data
@@ -137,6 +139,7 @@ class NESIterations(pl.Callback):
         self.folder = Path(folder)
         self.iteration = 1  # the iteration being trained
         self.history: list[dict[str, Any]] = []
+        self._started = time.perf_counter()
 
     # --------------------------------------------------------------- state (restored before on_fit_start)
     def state_dict(self) -> dict[str, Any]:
@@ -160,23 +163,31 @@ class NESIterations(pl.Callback):
             self.reestimate(trainer, module, 0)
         self.use_pool(trainer, module, self.iteration - 1)
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: NES) -> None:
+        self._started = time.perf_counter()
+
     def on_train_epoch_end(self, trainer: pl.Trainer, module: NES) -> None:
         k = self.iteration
         valid = {key.rsplit("/", 1)[1]: float(v) for key, v in trainer.callback_metrics.items()
                  if key.startswith(f"val/{module.unobserved}/")}
-        self.history.append({"iteration": k, "step": trainer.global_step, "valid": valid})
+        record = {"iteration": k, "step": trainer.global_step, "valid": valid,
+                  "train_s": round(time.perf_counter() - self._started, 2), "reestimate_s": None}
         module.log("nes/iteration", float(k), rank_zero_only=True)
+        last = k >= module.cfg.nes.iterations or trainer.global_step >= trainer.max_steps
+        if not last:  # the last iteration's estimates would never be trained on
+            started = time.perf_counter()
+            self.reestimate(trainer, module, k)
+            record["reestimate_s"] = round(time.perf_counter() - started, 2)
+        self.history.append(record)
         if trainer.is_global_zero:
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / "iterations.json").write_text(json.dumps(self.history, indent=1) + "\n")
             self.plot(module)
-        if k >= module.cfg.nes.iterations or trainer.global_step >= trainer.max_steps:
-            return  # the last iteration's estimates would never be trained on
-        self.reestimate(trainer, module, k)
-        self.use_pool(trainer, module, k)
-        self.iteration = k + 1
-        if module.cfg.nes.reset_optimizer:
-            trainer.strategy.setup_optimizers(trainer)
+        if not last:
+            self.use_pool(trainer, module, k)
+            self.iteration = k + 1
+            if module.cfg.nes.reset_optimizer:
+                trainer.strategy.setup_optimizers(trainer)
 
     # --------------------------------------------------------------- the estimate pools
     def use_pool(self, trainer: pl.Trainer, module: NES, k: int) -> None:

@@ -41,6 +41,7 @@ class Supervised(SeparationModule):
     def __init__(self, config: dict, dataset: dict):
         super().__init__(config, dataset)
         self.net = MaskUNet(len(self.stems), self.cfg.net)
+        self.average_weights()
         unknown = set(self.cfg.supervised.loss_stems) - set(self.stems)
         if unknown:
             raise ConfigError(f"supervised.loss_stems names {sorted(unknown)}; the dataset's stems are {self.stems}")

@@ -96,9 +96,9 @@ DEBIAN_PACKAGES = [src.ASTERISK_PACKAGE, src.OPENSFX_PACKAGE, src.SIMUTRANS_PACK
 # Packages whose versions are recorded because they shape the audio (espeak-ng's voices live in -data).
 RECORDED_PACKAGES = DEBIAN_PACKAGES + ["espeak-ng-data", "libespeak-ng1"]
 
-# Training speech needs many voices: with 8 espeak-ng voices the separator learned those voices and lost
-# 1-2.5 dB on new ones. Seen voices are every pairing of these accents and variants (the variants that
-# change the sound: "+andy" is the default voice, and robot, whisper and croak voices are left out);
+# Training speech needs many voices: with 8 espeak-ng voices the supervised separator scored 1.0 dB lower on
+# new voices (2.7 dB on the real male ones). Seen voices are every pairing of these accents and variants (the
+# variants that change the sound: "+andy" is the default voice; robot, whisper and croak voices are left out);
 # the held-out voices use accents and variants that appear nowhere here.
 SEEN_ESPEAK_ACCENTS = ("en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan")
 SEEN_ESPEAK_VARIANTS = ("m1", "m2", "m3", "m5", "m7", "m8", "Alex", "adam", "benjamin", "caleb", "david", "ed",

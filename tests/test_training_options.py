@@ -1,0 +1,64 @@
+"""Training options shared by the methods: the cosine schedule, the weight average, the scored stems."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import REPO
+
+from lightning_sep.config import ConfigError
+from lightning_sep.experiment import load
+from lightning_sep.methods.base import cosine_factor
+from lightning_sep.methods.supervised import Supervised
+
+CONFIG = REPO / "experiments/supervised/demo_speech_noise.yaml"
+DATASET = {"name": "toy", "sample_rate": 8000, "stems": ["speech", "noise"], "observed": "noise",
+           "unobserved": "speech", "classes": []}
+
+
+def test_cosine_schedule_warms_up_then_falls_to_the_final_ratio():
+    f = [cosine_factor(s, warmup=10, total=110, final=0.01) for s in range(120)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[60] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f[110] == pytest.approx(0.01) and f[119] == pytest.approx(0.01)  # stays there past the end
+    assert all(a >= b for a, b in zip(f[9:], f[10:], strict=False))
+
+
+def test_cosine_length_defaults_to_the_step_budget_and_enters_the_run_identity():
+    from lightning_sep.config import identity
+
+    a = load(CONFIG, ["optim.schedule=cosine", "trainer.max_steps=100"])
+    b = load(CONFIG, ["optim.schedule=cosine", "trainer.max_steps=200"])
+    assert a.optim.schedule_steps == 100 and b.optim.schedule_steps == 200
+    assert identity(a) != identity(b)  # a different schedule is a different run, not a continuation
+    with pytest.raises(ConfigError, match="optim.schedule='linear'"):
+        load(CONFIG, ["optim.schedule=linear"])
+
+
+def test_weight_average_separates_outside_training_and_follows_the_weights():
+    cfg = load(CONFIG, ["data.root=unused", "optim.ema_decay=0.5", "net.depth=2", "net.channels=4"])
+    from omegaconf import OmegaConf
+
+    model = Supervised(OmegaConf.to_container(cfg, resolve=True), DATASET)
+    assert all(not p.requires_grad for p in model.net_average.parameters())
+    model.on_train_batch_end(None, None, 0)  # the first update copies the weights
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.add_(1.0)
+    model.on_train_batch_end(None, None, 1)  # halfway towards the new weights with decay 0.5
+    for avg, now in zip(model.net_average.module.parameters(), model.net.parameters(), strict=True):
+        torch.testing.assert_close(avg, now - 0.5)
+    mix = torch.randn(2, 4000)
+    model.eval()
+    torch.testing.assert_close(model.masks(mix), model.net_average.module(model.stft.log_magnitude(mix)))
+    model.train()
+    torch.testing.assert_close(model.masks(mix), model.net(model.stft.log_magnitude(mix)))
+
+
+def test_loss_on_an_unknown_stem_is_refused():
+    from omegaconf import OmegaConf
+
+    cfg = load(CONFIG, ["data.root=unused", "supervised.loss_stems=[voice]"])
+    with pytest.raises(ConfigError, match=r"supervised.loss_stems names \['voice'\]"):
+        Supervised(OmegaConf.to_container(cfg, resolve=True), DATASET)
