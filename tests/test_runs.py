@@ -70,12 +70,18 @@ def test_test_writes_results_json_and_md(trained):
 
 def test_same_config_same_folder_and_resume_false_starts_a_new_one(toy_dataset, trained):
     runs = trained.parent.parent
-    proc = ok(cli("fit", CONFIG, *small(toy_dataset, runs, "trainer.max_steps=40")))
-    assert "resumed training at step 30" in proc.stdout
-    # max_steps is part of the identity, so this is a new run; the same config again resumes it
-    again = ok(cli("fit", CONFIG, *small(toy_dataset, runs, "trainer.max_steps=40", "trainer.devices=1")))
-    assert again.stdout.strip().splitlines()[-1] == proc.stdout.strip().splitlines()[-1]
-    fresh = ok(cli("fit", CONFIG, *small(toy_dataset, runs, "trainer.max_steps=40", "run.resume=false")))
+    # the demo's cosine schedule spans trainer.max_steps, so a larger budget is another run; with the step
+    # schedule the budget is operational: raising it continues the run where it stopped
+    stepped = ["optim.schedule=step", "trainer.max_steps=30"]
+    first = ok(cli("fit", CONFIG, *small(toy_dataset, runs, *stepped)))
+    more = ok(cli("fit", CONFIG, *small(toy_dataset, runs, *stepped, "trainer.max_steps=40")))
+    assert "resumed training at step 30" in more.stdout
+    assert more.stdout.strip().splitlines()[-1] == first.stdout.strip().splitlines()[-1]
+    # operational keys (here the device count) do not change the run either
+    again = ok(cli("fit", CONFIG, *small(toy_dataset, runs, *stepped, "trainer.max_steps=40", "trainer.devices=1")))
+    assert again.stdout.strip().splitlines()[-1] == first.stdout.strip().splitlines()[-1]
+    assert "resuming from" in again.stdout  # already at its budget: nothing left to train
+    fresh = ok(cli("fit", CONFIG, *small(toy_dataset, runs, *stepped, "run.resume=false")))
     new_folder = Path(fresh.stdout.strip().splitlines()[-1])
     assert new_folder.name.endswith("-2") and "resumed" not in fresh.stdout
 
