@@ -62,3 +62,10 @@ def test_loss_on_an_unknown_stem_is_refused():
     cfg = load(CONFIG, ["data.root=unused", "supervised.loss_stems=[voice]"])
     with pytest.raises(ConfigError, match=r"supervised.loss_stems names \['voice'\]"):
         Supervised(OmegaConf.to_container(cfg, resolve=True), DATASET)
+
+
+@pytest.mark.parametrize("config, key", [(CONFIG, "supervised.loss"),
+                                         (REPO / "experiments/nes/demo_speech_noise.yaml", "nes.loss")])
+def test_mistyped_loss_name_is_an_error_not_a_silent_fallback(config, key):
+    with pytest.raises(ConfigError, match=rf"{key}='si-sdr' is not one of"):
+        load(config, [f"{key}=si-sdr"])

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..config import ConfigError, ExperimentConfig
 from ..data.datamodule import EvalClips, PoolSpec
-from ..data.shards import DatasetInfo, DatasetWriter
+from ..data.shards import DatasetInfo, DatasetWriter, PoolInfo
 from ..metrics import si_sdr
 from ..nets.unet import MaskUNet
 from .base import SeparationModule
@@ -80,6 +80,8 @@ class NES(SeparationModule):
     @classmethod
     def resolve_config(cls, cfg) -> None:
         """One outer iteration is one epoch: its length follows from the step budget."""
+        if cfg.nes.loss not in ("magnitude_l1", "si_sdr"):
+            raise ConfigError(f"nes.loss={cfg.nes.loss!r} is not one of 'magnitude_l1', 'si_sdr'")
         steps, iterations = cfg.trainer.max_steps, cfg.nes.iterations
         if iterations < 1 or steps % iterations:
             raise ConfigError(
@@ -254,8 +256,6 @@ def _batches(clips: EvalClips, size: int):
 
 def _merge(part: Path, world: int):
     """One pool index over the shards every rank wrote under ``part/rank*``."""
-    from ..data.shards import PoolInfo
-
     merged = PoolInfo(shards=[], members=[ESTIMATE])
     for r in range(world):
         pool = DatasetInfo.load(part / f"rank{r}").pool("train", "estimates")

@@ -47,6 +47,11 @@ class Supervised(SeparationModule):
             raise ConfigError(f"supervised.loss_stems names {sorted(unknown)}; the dataset's stems are {self.stems}")
 
     @classmethod
+    def resolve_config(cls, cfg) -> None:
+        if cfg.supervised.loss not in ("magnitude_l1", "si_sdr"):
+            raise ConfigError(f"supervised.loss={cfg.supervised.loss!r} is not one of 'magnitude_l1', 'si_sdr'")
+
+    @classmethod
     def train_pools(cls, info: DatasetInfo) -> dict[str, PoolSpec]:
         return {"isolated": PoolSpec("train", "isolated", list(info.stems))}
 
