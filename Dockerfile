@@ -6,7 +6,8 @@ FROM python:3.11.7-slim-bookworm
 # sound packages the demo recipes read; libsndfile comes inside the soundfile wheel
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      asterisk-core-sounds-en-wav openttd-opensfx simutrans-pak64 pocketsphinx-testdata espeak-ng make \
+      asterisk-core-sounds-en-wav openttd-opensfx simutrans-pak64 pocketsphinx-testdata espeak-ng \
+      libfluidsynth3 timgm6mb-soundfont ffmpeg make \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

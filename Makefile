@@ -2,8 +2,9 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-# Debian packages the demo recipes read their sounds from (installed when run as root)
-DEB_PACKAGES := asterisk-core-sounds-en-wav openttd-opensfx simutrans-pak64 pocketsphinx-testdata espeak-ng
+# Debian packages the demo recipes read their sounds from (installed when run as root); ffmpeg decodes
+# MUSDB18's .stem.mp4 files (and the tests make such files)
+DEB_PACKAGES := asterisk-core-sounds-en-wav openttd-opensfx simutrans-pak64 pocketsphinx-testdata espeak-ng libfluidsynth3 timgm6mb-soundfont ffmpeg
 PYTEST_ARGS ?=
 
 .PHONY: install debian demo test test-fast bench lint constraints clean

@@ -1,4 +1,9 @@
-"""The audio front end: STFT / iSTFT, magnitudes, masks, reconstruction with the mixture's phase.
+"""Front ends: what a separator sees and how its masks become estimates.
+
+``STFT`` for audio (STFT / iSTFT, log magnitudes in, masks on the complex spectrum, the mixture's phase out) and
+``Pixels`` for images (intensities in, masks on the intensities out). Both offer the same calls, so a method
+does not care which one it has: ``front_end(x)`` (the representation masks act on), ``features(x, rep)``
+(the network input), ``apply_masks(masks, x, rep)`` and ``inverse(rep, length)``.
 
 Everything here runs in float32 even inside a bf16/fp16 autocast region (spectra and phases lose
 too much in half precision) and on whatever device its input lives on.
@@ -84,6 +89,10 @@ class STFT(nn.Module):
         """Log-compressed magnitude, the networks' input: (..., T) → (..., F, N) (``spec``: its STFT, if known)."""
         return torch.log((self(wave) if spec is None else spec).abs() + self.cfg.log_eps)
 
+    def features(self, wave: Tensor, spec: Tensor | None = None) -> Tensor:
+        """The network input: the log magnitude."""
+        return self.log_magnitude(wave, spec)
+
     @fp32
     def apply_masks(self, masks: Tensor, mixture: Tensor, spec: Tensor | None = None) -> Tensor:
         """Masked magnitudes with the mixture's phase, back to waveforms.
@@ -94,3 +103,29 @@ class STFT(nn.Module):
         spec = (self(mixture) if spec is None else spec).unsqueeze(1)  # (B, 1, F, N); pass it to skip a 2nd STFT
         return self.inverse(masks * spec, mixture.shape[-1])
 
+
+
+class Pixels(nn.Module):
+    """The image front end: an image (B, H, W) of non-negative intensities is its own representation.
+
+    Mixtures of images are additive (NES's image setting), so a soft mask on the mixture's intensities splits
+    it into estimates that add up to it, as a spectral mask does for audio. The network sees the intensities
+    themselves (the mask U-Net normalises its input).
+    """
+
+    @fp32
+    def forward(self, image: Tensor) -> Tensor:
+        return image
+
+    @fp32
+    def inverse(self, image: Tensor, length: int | None = None) -> Tensor:
+        return image
+
+    @fp32
+    def features(self, image: Tensor, rep: Tensor | None = None) -> Tensor:
+        return image
+
+    @fp32
+    def apply_masks(self, masks: Tensor, mixture: Tensor, rep: Tensor | None = None) -> Tensor:
+        """masks (B, K, H, W), mixture (B, H, W) → (B, K, H, W) estimates that sum to the mixture."""
+        return masks * mixture.unsqueeze(1)

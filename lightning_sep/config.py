@@ -56,7 +56,8 @@ class OptimConfig:
     decay_every_steps: int | None = None  # step schedule: multiply lr by decay_factor every N steps (None: constant lr)
     decay_factor: float = 0.5  # step schedule: the factor of that decay
     warmup_steps: int = 0  # cosine schedule: linear warm-up from 0 over this many steps
-    schedule_steps: int | None = None  # cosine schedule: its length (None: trainer.max_steps, fixed at the start)
+    schedule_steps: int | None = None  # cosine schedule: its length (None: trainer.max_steps, or one outer
+    #                                    iteration for methods that re-create their optimizer per iteration)
     final_lr_ratio: float = 0.01  # cosine schedule: lr at the end, relative to lr
     ema_decay: float | None = None  # evaluate an exponential moving average of the weights (e.g. 0.999; None: off)
 

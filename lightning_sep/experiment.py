@@ -90,7 +90,8 @@ def fit(cfg: DictConfig) -> Path:
 def dataset_summary(info: DatasetInfo) -> dict:
     """What a module needs to know of its dataset (stored in its checkpoint)."""
     return {"name": info.name, "sample_rate": info.sample_rate, "stems": list(info.stems),
-            "observed": info.observed, "unobserved": info.unobserved, "classes": list(info.classes)}
+            "observed": info.observed, "unobserved": info.unobserved, "classes": list(info.classes),
+            "modality": info.modality, "image_shape": info.image_shape}
 
 
 def check_checkpoint(path: Path, method: str | None) -> dict:

@@ -604,6 +604,53 @@ def flavours(framewise: bool, window_s: float | None = None, hop_s: float | None
     return {name: f.to_dict() for name, f in out.items()}
 
 
+# -------------------------------------------------------------------------------------------- images
+IMAGE_DATA_RANGE = 1.0  # PSNR/SSIM peak: the image recipes store each source's intensities in [0, 1]
+
+
+def psnr(estimate: Tensor, reference: Tensor, data_range: float = IMAGE_DATA_RANGE) -> Tensor:
+    """Peak signal-to-noise ratio per image, dB: (..., H, W) → (...); +inf for an exact estimate."""
+    mse = (estimate.double() - reference.double()).pow(2).mean(dim=(-2, -1))
+    return 10 * torch.log10(data_range**2 / mse)
+
+
+def ssim(estimate: Tensor, reference: Tensor, data_range: float = IMAGE_DATA_RANGE) -> Tensor:
+    """Structural similarity per image (torchmetrics: 11×11 Gaussian window, σ 1.5): (..., H, W) → (...)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    lead = estimate.shape[:-2]
+    est = estimate.reshape(-1, 1, *estimate.shape[-2:]).float()
+    ref = reference.reshape(-1, 1, *reference.shape[-2:]).to(est)
+    values = structural_similarity_index_measure(est, ref, data_range=data_range, reduction="none")
+    return values.reshape(lead)
+
+
+def score_image(estimates: Mapping[str, Tensor], references: Mapping[str, Tensor], mixture: Tensor,
+                ) -> dict[str, dict[str, float]]:
+    """All metrics of one image: {stem: {"psnr", "psnri", "ssim"}} (psnri: PSNR gain over the mixture)."""
+    out = {}
+    for stem, ref in references.items():
+        est, ref = estimates[stem], ref.to(estimates[stem].device)
+        value = psnr(est, ref)
+        out[stem] = {"psnr": float(value), "psnri": float(value - psnr(mixture.to(est.device), ref)),
+                     "ssim": float(ssim(est, ref))}
+    return out
+
+
+def image_flavours(clip_aggregation: str = "mean") -> dict[str, dict[str, Any]]:
+    """The ``flavour`` entry of results.json for image metrics."""
+    def flavour(name: str, definition: str, impl: str) -> dict[str, Any]:
+        return MetricFlavour(name, definition, impl, None, None, None, None, clip_aggregation,
+                             "an exact estimate has PSNR +inf (kept; it dominates a mean)").to_dict()
+
+    return {
+        "psnr": flavour("psnr", f"10·log10(peak²/MSE) per image, peak {IMAGE_DATA_RANGE}", "lightning_sep.psnr"),
+        "psnri": flavour("psnri", "PSNR(estimate) − PSNR(mixture), same reference", "lightning_sep.score_image"),
+        "ssim": flavour("ssim", f"SSIM, 11×11 Gaussian window σ 1.5, data range {IMAGE_DATA_RANGE}",
+                        "torchmetrics.functional.image.structural_similarity_index_measure"),
+    }
+
+
 # -------------------------------------------------------------------------------------------- per clip
 def score_clip(estimates: Mapping[str, Tensor], references: Mapping[str, Tensor], mixture: Tensor, *,
                bss: bool = True, framewise: tuple[float, float] | None = None, sample_rate: int | None = None,

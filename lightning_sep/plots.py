@@ -36,6 +36,22 @@ def write_example(folder: Path, key: str, waves: dict[str, np.ndarray], sample_r
     return png
 
 
+def write_image_example(folder: Path, key: str, images: dict[str, np.ndarray]) -> Path:
+    """``<key>.png``: the mixture, estimates and references side by side on one intensity scale."""
+    folder.mkdir(parents=True, exist_ok=True)
+    top = max(float(np.max(i)) for i in images.values()) or 1.0
+    fig, axes = plt.subplots(1, len(images), figsize=(1.6 * len(images), 1.9), squeeze=False)
+    for ax, (name, image) in zip(axes[0], images.items(), strict=True):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=top)
+        ax.set_title(name.replace("_", "\n"), fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    png = folder / f"{key}.png"
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+    return png
+
+
 def plot_curve(path: Path, points: list[tuple[float, float | None]], xlabel: str, ylabel: str, title: str,
                baselines: dict[str, float] | None = None) -> Path:
     """A line plot of (x, y) points (``None`` values are left out), with optional horizontal baselines."""

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-METRIC_ORDER = ["si_sdr", "si_sdri", "sdr", "sir", "sar", "psnr", "ssim"]
+METRIC_ORDER = ["si_sdr", "si_sdri", "sdr", "sir", "sar", "psnr", "psnri", "ssim"]
 LABELS = {"si_sdr": "SI-SDR", "si_sdri": "SI-SDRi", "sdr": "SDR", "sir": "SIR", "sar": "SAR",
-          "psnr": "PSNR", "ssim": "SSIM"}
+          "psnr": "PSNR", "psnri": "PSNRi", "ssim": "SSIM"}
 
 
 def _json_safe(x: Any) -> Any:
@@ -67,6 +67,19 @@ def markdown(results: dict[str, Any]) -> str:
              "|---|---|" + "---:|" * len(metrics)]
     for stem, how, values in rows(results):
         lines.append(f"| {stem} | {how} | " + " | ".join(values) + " |")
+    for name, baseline in results.get("baselines", {}).items():
+        lines += ["", f"Baseline `{name}` on the same clips:", "",
+                  "| stem | aggregation | " + " | ".join(LABELS[m] for m in metrics) + " |",
+                  "|---|---|" + "---:|" * len(metrics)]
+        for stem, how, values in rows(baseline):
+            lines.append(f"| {stem} | {how} | " + " | ".join(values) + " |")
+    if results.get("iterations"):
+        keys = sorted({k for it in results["iterations"] for k in it["valid"]})
+        lines += ["", "Validation after each outer iteration (unobserved stem, mean):", "",
+                  "| iteration | " + " | ".join(LABELS.get(k, k) for k in keys) + " |",
+                  "|---:|" + "---:|" * len(keys)]
+        for it in results["iterations"]:
+            lines.append(f"| {it['iteration']} | " + " | ".join(_fmt(it["valid"].get(k)) for k in keys) + " |")
     lines += ["", "How each metric was computed:", ""]
     for name, flavour in results.get("flavour", {}).items():
         lines.append(f"- **{name}**: " + ", ".join(f"{k}={v}" for k, v in flavour.items()))

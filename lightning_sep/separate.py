@@ -20,12 +20,16 @@ from .methods import METHODS
 
 
 def load_model(checkpoint: Path, device: str = "cpu"):
+    from .config import ConfigError
     from .experiment import check_checkpoint
 
     method = check_checkpoint(checkpoint, None)["hyper_parameters"]["config"]["method"]
     if method not in METHODS:
         raise FileNotFoundError(f"{checkpoint}: trained by method {method!r}, which this version does not have")
-    return METHODS[method].load_from_checkpoint(checkpoint, map_location=device).eval()
+    model = METHODS[method].load_from_checkpoint(checkpoint, map_location=device).eval()
+    if model.is_image:
+        raise ConfigError(f"{checkpoint}: this model separates images, `lightning-sep separate` takes audio files")
+    return model
 
 
 def crossfade_weights(n_chunk: int, n_overlap: int) -> torch.Tensor:

@@ -96,6 +96,12 @@ def test_results_carry_the_iterations(nes_run):
     assert results["method"] == "nes"
     assert [it["iteration"] for it in results["iterations"]] == [1, 2, 3]
     assert "si_sdri" in results["summary"]["speech"]
+    # iteration 0 scored on the same clips: X̂₀ = c·Y is the mixture rescaled, so its SI-SDR is the mixture's
+    iteration0 = results["baselines"]["iteration_0"]["summary"]
+    assert abs(iteration0["speech"]["si_sdri"]["mean"]) < 1e-3
+    assert iteration0["speech"]["sdr"]["mean"] is not None
+    assert "Baseline `iteration_0`" in (nes_run / "results.md").read_text()
+    assert "| 3 |" in (nes_run / "results.md").read_text()  # the per-iteration validation table
 
 
 def test_step_budget_must_split_into_equal_iterations(toy_dataset, tmp_path):

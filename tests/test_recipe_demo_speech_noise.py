@@ -220,7 +220,7 @@ def test_registry_and_options():
     with pytest.raises(ValueError, match="snr_db_min"):
         dsn.validate(options_from(recipe, ["snr_db_min=6"]))
     for name, module in __import__("lightning_sep.data.recipes", fromlist=["RECIPES"]).RECIPES.items():
-        assert module.NAME == name and isinstance(module.VERSION, int) and module.DEBIAN_PACKAGES
+        assert module.NAME == name and isinstance(module.VERSION, int) and isinstance(module.DEBIAN_PACKAGES, list)
         assert callable(module.build)
 
 

@@ -51,9 +51,9 @@ def test_weight_average_separates_outside_training_and_follows_the_weights():
         torch.testing.assert_close(avg, now - 0.5)
     mix = torch.randn(2, 4000)
     model.eval()
-    torch.testing.assert_close(model.masks(mix), model.net_average.module(model.stft.log_magnitude(mix)))
+    torch.testing.assert_close(model.masks(mix), model.net_average.module(model.front_end.log_magnitude(mix)))
     model.train()
-    torch.testing.assert_close(model.masks(mix), model.net(model.stft.log_magnitude(mix)))
+    torch.testing.assert_close(model.masks(mix), model.net(model.front_end.log_magnitude(mix)))
 
 
 def test_loss_on_an_unknown_stem_is_refused():
@@ -69,3 +69,35 @@ def test_loss_on_an_unknown_stem_is_refused():
 def test_mistyped_loss_name_is_an_error_not_a_silent_fallback(config, key):
     with pytest.raises(ConfigError, match=rf"{key}='si-sdr' is not one of"):
         load(config, [f"{key}=si-sdr"])
+
+
+NES_CONFIG = REPO / "experiments/nes/demo_speech_noise.yaml"
+
+
+def test_nes_observed_gain_scales_b_inside_its_range_and_keeps_the_sum():
+    from omegaconf import OmegaConf
+
+    from lightning_sep.methods.nes import NES
+
+    cfg = load(NES_CONFIG, ["data.root=unused", "net.depth=2", "net.channels=4", "nes.observed_gain_db=[-20,-6]"])
+    model = NES(OmegaConf.to_container(cfg, resolve=True), DATASET)
+    b, x_hat = torch.ones(256, 100), torch.randn(256, 100)
+    scaled, y = model.synthetic_mixture(b, x_hat)
+    gains = scaled[:, 0]
+    assert torch.all(scaled == gains[:, None])  # one gain per example
+    assert gains.min() >= 10 ** (-20 / 20) - 1e-6 and gains.max() <= 10 ** (-6 / 20) + 1e-6
+    assert gains.std() > 0.05  # drawn, not fixed
+    torch.testing.assert_close(y, scaled + x_hat)
+    plain = load(NES_CONFIG, ["data.root=unused", "net.depth=2", "net.channels=4"])
+    same, _ = NES(OmegaConf.to_container(plain, resolve=True), DATASET).synthetic_mixture(b, x_hat)
+    assert torch.equal(same, b)  # the authors' setting: b as drawn
+    with pytest.raises(ConfigError, match="observed_gain_db"):
+        load(NES_CONFIG, ["nes.observed_gain_db=[0,-10]"])
+
+
+def test_nes_cosine_schedule_runs_its_course_in_each_outer_iteration():
+    cfg = load(NES_CONFIG, ["optim.schedule=cosine", "trainer.max_steps=100", "nes.iterations=10"])
+    assert cfg.optim.schedule_steps == 10 and cfg.data.batches_per_epoch == 10
+    kept = load(NES_CONFIG, ["optim.schedule=cosine", "trainer.max_steps=100", "nes.iterations=10",
+                             "nes.reset_optimizer=false"])
+    assert kept.optim.schedule_steps == 100  # one schedule over the whole run when the optimizer is kept

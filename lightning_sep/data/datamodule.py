@@ -17,6 +17,13 @@ Evaluation batches (``val_dataloader``/``test_dataloader``) hold one whole clip 
 
     {"key": [clip_id], "mix": (1, T), <each stem>: (1, T), "labels": (1, C)}
 
+Image datasets (``dataset.json`` ``modality: "image"``, stems of ``image_shape`` ``(H, W)``) go through the
+same loaders: every stem is a float32 ``(H, W)`` intensity image, batched to ``(B, H, W)`` for training and
+``(1, H, W)`` for evaluation. There is no crop (``segment_seconds`` does not apply: training examples are the
+whole stored images); the random gain (``gain_db``, one factor per image for all its stems, so ``mix == sum``
+still holds) applies as for audio: set ``gain_db=[0, 0]`` to train on the stored intensities. A training pool
+read from another folder (``PoolSpec.root``) must have the dataset's modality and image shape.
+
 Under DDP the training streams are resampled (``ResampledShards``-style: each rank and worker draws shards at
 random with its own seed), so shard counts never need to divide by ranks × workers, and every rank takes exactly
 ``batches_per_epoch`` batches per epoch (the count is split across the workers exactly), which keeps the
@@ -43,8 +50,8 @@ class DataConfig:
     """Where the data is and how training examples are drawn from it."""
 
     root: str = "???"  # folder of a prepared dataset (holds dataset.json); `lightning-sep prepare` builds one
-    segment_seconds: float = 2.0  # length of the random training crops
-    gain_db: list[float] = field(default_factory=lambda: [-6.0, 0.0])  # random gain range per training clip
+    segment_seconds: float = 2.0  # length of the random training crops (audio; images are used whole)
+    gain_db: list[float] = field(default_factory=lambda: [-6.0, 0.0])  # random gain range per training clip or image
     batch_size: int = 16  # training batch size per device
     batches_per_epoch: int = 200  # training batches each rank takes per epoch
     shuffle_buffer: int = 256  # clips held for shuffling in each worker (per pool)
@@ -96,6 +103,7 @@ class TrainStream(IterableDataset):
         self.where = f"{info.root}/{spec.split}/{spec.pool}"
         self.stems, self.classes, self.rate = list(spec.stems), list(info.classes), info.sample_rate
         self.segment = round(cfg.segment_seconds * info.sample_rate)
+        self.image_shape = info.shape  # (H, W) for an image dataset: whole images, no crop
         self.gain_db, self.batch_size, self.buffer = cfg.gain_db, cfg.batch_size, cfg.shuffle_buffer
         self.seed, self.rank = seed, rank
         self._epoch = 0  # counts passes inside a (persistent) worker so epochs differ
@@ -110,7 +118,11 @@ class TrainStream(IterableDataset):
             yield from iter_tar(rng.choice(self.urls))
 
     def example(self, raw: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
-        """Decode only a random crop and scale it by the clip's random gain; zero-padded if the clip is short."""
+        """Decode only a random crop and scale it by the clip's random gain; zero-padded if the clip is short.
+
+        An image is decoded whole and scaled by its random gain."""
+        if self.image_shape is not None:
+            return self._image_example(raw, rng)
 
         def crop(n: int) -> tuple[int, int]:
             return rng.randint(0, max(0, n - self.segment)), self.segment
@@ -124,6 +136,18 @@ class TrainStream(IterableDataset):
             if len(piece) < self.segment:
                 piece = np.pad(piece, (0, self.segment - len(piece)))
             out[stem] = torch.from_numpy(piece)
+        if self.classes:
+            out["labels"] = torch.from_numpy(_labels(clip["meta"], self.classes, self.where))
+        return out
+
+    def _image_example(self, raw: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
+        clip = decode_sample(raw, self.rate, self.stems, image_shape=self.image_shape)
+        gain = np.float32(10 ** (rng.uniform(*self.gain_db) / 20))
+        out = {}
+        for stem in self.stems:
+            image = clip[stem]
+            image *= gain
+            out[stem] = torch.from_numpy(image)
         if self.classes:
             out["labels"] = torch.from_numpy(_labels(clip["meta"], self.classes, self.where))
         return out
@@ -178,6 +202,7 @@ class EvalClips(IterableDataset):
         self.where = f"{info.root}/{split}"
         self.stems = ["mix", *info.stems] if stems is None else list(stems)
         self.rate, self.classes = info.sample_rate, list(info.classes)
+        self.image_shape = info.shape
         clips = info.pool(split, pool).clips
         self.limit = clips if limit is None else min(limit, clips)
         self.rank, self.world = rank, world
@@ -196,7 +221,7 @@ class EvalClips(IterableDataset):
                 index += 1
                 if not mine:
                     continue  # skipped before decoding: other ranks and workers own it
-                clip = decode_sample(raw, self.rate, self.stems)
+                clip = decode_sample(raw, self.rate, self.stems, image_shape=self.image_shape)
                 out: dict[str, Any] = {"key": [clip["key"]]}
                 out.update({s: torch.from_numpy(clip[s])[None] for s in self.stems})
                 if self.classes:
@@ -223,6 +248,14 @@ class SeparationDataModule(pl.LightningDataModule):
         info = self._info(spec)
         held = set(info.pool(spec.split, spec.pool).members)
         where = f"{info.root}/{spec.split}/{spec.pool}"
+        if (info.modality, info.shape) != (self.info.modality, self.info.shape):
+            def kind(i: DatasetInfo) -> str:
+                return f"{i.modality} {list(i.shape)}" if i.shape else i.modality
+
+            raise DatasetError(
+                f"{info.root / 'dataset.json'}: pool {name!r} is {kind(info)} data but the dataset "
+                f"{self.info.root} is {kind(self.info)}; a training pool must have the dataset's modality and shape"
+            )
         missing = set(spec.stems) - held
         if missing:
             raise DatasetError(f"{where}: pool {name!r} needs stems {sorted(missing)}, its shards hold {sorted(held)}")
@@ -239,6 +272,16 @@ class SeparationDataModule(pl.LightningDataModule):
     @property
     def sample_rate(self) -> int:
         return self.info.sample_rate
+
+    @property
+    def modality(self) -> str:
+        """``"audio"`` or ``"image"`` (``dataset.json``'s ``modality``)."""
+        return self.info.modality
+
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        """``(H, W)`` of an image dataset's stems; None for audio."""
+        return self.info.shape
 
     def _rank(self) -> tuple[int, int]:
         if self.trainer is not None:

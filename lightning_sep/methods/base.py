@@ -24,7 +24,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from .. import metrics
-from ..audio import STFT
+from ..audio import STFT, Pixels
 from ..config import ExperimentConfig, config_from_dict
 from ..data.datamodule import PoolSpec
 from ..data.shards import DatasetInfo
@@ -47,14 +47,25 @@ class SeparationModule(pl.LightningModule):
         self.cfg: DictConfig = config_from_dict(config, {self.name: self.Config})
         self.sample_rate: int = dataset["sample_rate"]
         self.stems: list[str] = list(dataset["stems"])
-        self.stft = STFT(self.cfg.stft)
+        self.is_image = dataset.get("modality", "audio") == "image"
+        # images: masks act on the intensities; audio: on the STFT (the stft config is then unused)
+        self.front_end = Pixels() if self.is_image else STFT(self.cfg.stft)
         self._val_scores: dict[str, MeanMetric] = torch.nn.ModuleDict()
         for stem in self.stems:
-            for metric in ("si_sdr", "si_sdri"):
+            for metric in self.validation_metrics:
                 self._val_scores[f"{stem}/{metric}"] = MeanMetric(nan_strategy="ignore")
         self.test_rows: list[dict[str, Any]] = []
         self.test_results: dict[str, Any] | None = None
         self.net_average: torch.optim.swa_utils.AveragedModel | None = None
+
+    @property
+    def validation_metrics(self) -> tuple[str, ...]:
+        return ("psnr", "ssim") if self.is_image else ("si_sdr", "si_sdri")
+
+    @property
+    def headline_metric(self) -> str:
+        """The validation metric a run is judged by (plots, NES iterations)."""
+        return "psnr" if self.is_image else "si_sdri"
 
     # ------------------------------------------------------------------ what a method provides
     @classmethod
@@ -80,13 +91,18 @@ class SeparationModule(pl.LightningModule):
         """Method-specific entries for results.json."""
         return {}
 
+    def baseline_estimates(self, mix: Tensor) -> dict[str, Tensor]:
+        """Estimates of trivial baselines scored beside the method at test time, (B, K, T) by name (e.g.
+        NES's iteration 0); their summaries go to results.json under ``baselines``."""
+        return {}
+
     def masks(self, mix: Tensor, spec: Tensor | None = None) -> Tensor:
         """(B, T) mixture → (B, K, F, N) masks, one per stem in ``self.stems`` order.
 
         Outside training the weight average (``optim.ema_decay``) separates, when there is one.
         """
         net = self.net_average.module if self.net_average is not None and not self.training else self.net
-        return net(self.stft.log_magnitude(mix, spec))
+        return net(self.front_end.features(mix, spec))
 
     def average_weights(self) -> None:
         """Keep an exponential moving average of ``self.net`` (``optim.ema_decay``) for validation, test and
@@ -103,6 +119,12 @@ class SeparationModule(pl.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.net_average is not None:
             self.net_average.update_parameters(self.net)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # checkpoints written before the front end had its modality-neutral name
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("stft.")]:
+            state["front_end." + key[len("stft."):]] = state.pop(key)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> Tensor:
@@ -140,15 +162,20 @@ class SeparationModule(pl.LightningModule):
     # ------------------------------------------------------------------ separation
     @torch.no_grad()
     def separate(self, mix: Tensor) -> Tensor:
-        """(B, T) mixtures → (B, K, T) estimates of ``self.stems`` (they sum to the mixture)."""
-        spec = self.stft(mix)
-        return self.stft.apply_masks(self.masks(mix, spec), mix, spec)
+        """(B, T) mixtures → (B, K, T) estimates of ``self.stems`` (they sum to the mixture); images (B, H, W) →
+        (B, K, H, W)."""
+        rep = self.front_end(mix)
+        return self.front_end.apply_masks(self.masks(mix, rep), mix, rep)
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         est = self.separate(batch["mix"])
         for k, stem in enumerate(self.stems):
             ref = batch[stem]
+            if self.is_image:
+                self._val_scores[f"{stem}/psnr"].update(metrics.psnr(est[:, k], ref))
+                self._val_scores[f"{stem}/ssim"].update(metrics.ssim(est[:, k], ref))
+                continue
             self._val_scores[f"{stem}/si_sdr"].update(metrics.si_sdr(est[:, k], ref))
             self._val_scores[f"{stem}/si_sdri"].update(metrics.si_sdr_improvement(est[:, k], ref, batch["mix"]))
         if batch_idx < self.cfg.eval.examples:
@@ -163,6 +190,7 @@ class SeparationModule(pl.LightningModule):
     # ------------------------------------------------------------------ test
     def on_test_epoch_start(self) -> None:
         self.test_rows = []
+        self.baseline_rows: dict[str, list[dict[str, Any]]] = {}
         if self.device.type == "cpu":
             # float32 convolutions sum in an order that depends on the thread count: one thread per process
             # makes a clip's scores identical whether 1 or N processes evaluate (set here, after Lightning's
@@ -171,37 +199,54 @@ class SeparationModule(pl.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         est = self.separate(batch["mix"])
+        self.test_rows.append({"id": batch["key"][0], **self.score(est, batch)})
+        for name, baseline in self.baseline_estimates(batch["mix"]).items():
+            self.baseline_rows.setdefault(name, []).append({"id": batch["key"][0], **self.score(baseline, batch)})
+        if batch_idx < self.cfg.eval.examples:
+            self.write_example("test", batch, est)
+
+    def score(self, est: Tensor, batch: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """Every metric of every stem of one clip's (1, K, T) estimates (or one image's (1, K, H, W))."""
+        if self.is_image:
+            return metrics.score_image({s: est[0, k] for k, s in enumerate(self.stems)},
+                                       {s: batch[s][0] for s in self.stems}, batch["mix"][0])
         e = self.cfg.eval
         framewise = (e.window_s, e.hop_s) if e.framewise else None
-        scores = metrics.score_clip(
+        return metrics.score_clip(
             {s: est[0, k] for k, s in enumerate(self.stems)}, {s: batch[s][0] for s in self.stems},
             batch["mix"][0], bss=e.bss, framewise=framewise, sample_rate=self.sample_rate,
         )
-        self.test_rows.append({"id": batch["key"][0], **scores})
-        if batch_idx < e.examples:
-            self.write_example("test", batch, est)
 
     def on_test_epoch_end(self) -> None:
-        rows = self.test_rows
+        rows = self.gather_rows(self.test_rows)
+        e = self.cfg.eval
+        self.test_results = {
+            "flavour": metrics.image_flavours(e.clip_aggregation) if self.is_image else
+            metrics.flavours(framewise=e.framewise, window_s=e.window_s, hop_s=e.hop_s,
+                             clip_aggregation=e.clip_aggregation, bss=e.bss),
+            "summary": summarize(rows, self.stems),
+            "clips": rows,
+        }
+        if self.baseline_rows:
+            self.test_results["baselines"] = {
+                name: {"summary": summarize(self.gather_rows(r), self.stems)} for name, r in self.baseline_rows.items()
+            }
+
+    def gather_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every rank's per-clip rows, sorted by clip id (the same on every rank)."""
         if self.trainer.world_size > 1:
             gathered: list[list] = [None] * self.trainer.world_size  # type: ignore[list-item]
             torch.distributed.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
-        rows.sort(key=lambda r: r["id"])
-        e = self.cfg.eval
-        self.test_results = {
-            "flavour": metrics.flavours(framewise=e.framewise, window_s=e.window_s, hop_s=e.hop_s,
-                                        clip_aggregation=e.clip_aggregation, bss=e.bss),
-            "summary": summarize(rows, self.stems),
-            "clips": rows,
-        }
+        return sorted(rows, key=lambda r: r["id"])
 
     # ------------------------------------------------------------------ examples
     def write_example(self, tag: str, batch: dict[str, Any], est: Tensor) -> None:
-        """Audio and a spectrogram PNG of the mixture, estimates and references (rank 0 only)."""
+        """Audio and a spectrogram PNG of the mixture, estimates and references (rank 0 only); for images one PNG
+        of them side by side."""
         if not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
-        from ..plots import write_example  # matplotlib is only loaded when examples are written
+        from ..plots import write_example, write_image_example  # matplotlib is only loaded when examples are written
 
         key = batch["key"][0]
         waves = {"mix": batch["mix"][0]}
@@ -209,8 +254,11 @@ class SeparationModule(pl.LightningModule):
             waves[f"{stem}_estimate"] = est[0, k]
             waves[f"{stem}_reference"] = batch[stem][0]
         folder = Path(self.trainer.default_root_dir) / "examples" / tag
-        png = write_example(folder, key, {k: v.float().cpu().numpy() for k, v in waves.items()},
-                            self.sample_rate, self.stft)
+        arrays = {k: v.float().cpu().numpy() for k, v in waves.items()}
+        if self.is_image:
+            png = write_image_example(folder, key, arrays)
+        else:
+            png = write_example(folder, key, arrays, self.sample_rate, self.front_end)
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=f"examples/{tag.split('/')[0]}/{key}", images=[str(png)], step=self.global_step)

@@ -42,6 +42,8 @@ class Supervised(SeparationModule):
         super().__init__(config, dataset)
         self.net = MaskUNet(len(self.stems), self.cfg.net)
         self.average_weights()
+        if self.is_image and self.cfg.supervised.loss != "magnitude_l1":
+            raise ConfigError(f"supervised.loss={self.cfg.supervised.loss!r} needs audio; on images use magnitude_l1")
         unknown = set(self.cfg.supervised.loss_stems) - set(self.stems)
         if unknown:
             raise ConfigError(f"supervised.loss_stems names {sorted(unknown)}; the dataset's stems are {self.stems}")
@@ -61,12 +63,13 @@ class Supervised(SeparationModule):
             # pair the first source of clip b with the other sources of clip b+1: new mixtures, same stems
             sources = torch.cat([sources[:, :1], sources[:, 1:].roll(1, dims=0)], dim=1)
         mix = sources.sum(dim=1)
-        spec = self.stft(mix)  # once, for the network's input and for the masked output
+        spec = self.front_end(mix)  # once, for the network's input and for the masked output
         masks = self.masks(mix, spec)
         scored = [self.stems.index(s) for s in self.cfg.supervised.loss_stems] or list(range(len(self.stems)))
         masks, sources = masks[:, scored], sources[:, scored]
         if self.cfg.supervised.loss == "si_sdr":
-            loss = -si_sdr(self.stft.apply_masks(masks, mix, spec), sources).nanmean()  # silent crops: NaN, skipped
+            estimates = self.front_end.apply_masks(masks, mix, spec)
+            loss = -si_sdr(estimates, sources).nanmean()  # silent crops: NaN, skipped
             return {"loss": loss, "neg_si_sdr": loss.detach()}
-        loss = F.l1_loss(masks * spec.abs().unsqueeze(1), self.stft(sources).abs())
+        loss = F.l1_loss(masks * spec.abs().unsqueeze(1), self.front_end(sources).abs())
         return {"loss": loss, "l1_magnitude": loss.detach()}

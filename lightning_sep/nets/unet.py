@@ -22,6 +22,10 @@ class UNetConfig:
     max_channels: int = 256  # cap on channels per level
     kernel_size: int = 3  # encoder kernel (odd)
     dropout: float = 0.0  # dropout after the three deepest decoder levels
+    frequency_input: bool = False  # add the row position (frequency bin) as a second input channel: lets the
+    #                               convolutions tell low from high frequencies (they are otherwise shift-equivariant)
+    top_channels: int = 0  # channels of the full-resolution decoder output (0: same as channels); the
+    #                        full-resolution layers cost the most per channel, and a mask needs few
 
 
 def _down(cin: int, cout: int, k: int) -> nn.Sequential:
@@ -45,17 +49,18 @@ class MaskUNet(nn.Module):
     def __init__(self, n_sources: int, cfg: UNetConfig):
         super().__init__()
         self.n_sources, self.cfg = n_sources, cfg
+        top = cfg.top_channels or cfg.channels
         widths = [min(cfg.channels * 2**i, cfg.max_channels) for i in range(cfg.depth)]
         self.norm = nn.BatchNorm2d(1)
-        pairs = zip([1] + widths[:-1], widths, strict=True)
+        pairs = zip([2 if cfg.frequency_input else 1] + widths[:-1], widths, strict=True)
         self.down = nn.ModuleList(_down(cin, cout, cfg.kernel_size) for cin, cout in pairs)
         # decoder level i takes the level below (concatenated with its skip, except at the bottom)
         self.up = nn.ModuleList(
-            _up(widths[i] * (1 if i == cfg.depth - 1 else 2), widths[i - 1] if i > 0 else cfg.channels)
+            _up(widths[i] * (1 if i == cfg.depth - 1 else 2), widths[i - 1] if i > 0 else top)
             for i in reversed(range(cfg.depth))
         )
         self.drop = nn.Dropout2d(cfg.dropout)
-        self.head = nn.Conv2d(cfg.channels + 1, n_sources, 3, padding=1)
+        self.head = nn.Conv2d(top + 1, n_sources, 3, padding=1)
         # channels-last convolutions run about 1.3x faster on CPU (oneDNN) and suit tensor cores on GPUs
         self.to(memory_format=torch.channels_last)
 
@@ -67,6 +72,10 @@ class MaskUNet(nn.Module):
         x = F.pad(x[:, None], (0, -n_frames % mult, 0, -height % mult), mode="replicate")
         x = x.contiguous(memory_format=torch.channels_last)
         x = inp = self.norm(x)
+        if self.cfg.frequency_input:
+            rows = torch.arange(x.shape[2], device=x.device, dtype=x.dtype) * (2 / height) - 1  # -1 at bin 0, 1 at top
+            x = torch.cat([x, rows.view(1, 1, -1, 1).expand(x.shape[0], 1, -1, x.shape[3])], dim=1)
+            x = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for down in self.down:
             x = down(x)
@@ -78,7 +87,12 @@ class MaskUNet(nn.Module):
                 x = self.drop(x)
             if skips:
                 x = torch.cat([x, skips.pop()], dim=1)
-        logits = self.head(torch.cat([x, inp], dim=1))[..., :height, :n_frames]
+        # the head sees the decoder's features and the normalised input; convolving them apart and adding
+        # equals convolving their concatenation, without copying a full-resolution tensor between memory
+        # formats (a one-channel tensor cannot be channels-last, so the concatenation was not either)
+        w, c = self.head.weight, x.shape[1]
+        logits = F.conv2d(x, w[:, :c], self.head.bias, padding=1) + F.conv2d(inp, w[:, c:], padding=1)
+        logits = logits[..., :height, :n_frames]
         if height < n_freq:
             logits = torch.cat([logits, logits[:, :, -1:]], dim=2)
         return torch.softmax(logits.float(), dim=1)

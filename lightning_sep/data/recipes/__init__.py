@@ -17,9 +17,11 @@ import typing
 from types import ModuleType
 from typing import Any, Iterable, Mapping
 
-from . import demo_speech_noise
+from . import demo_chorales, demo_digits, demo_speech_noise, dsd100, musdb18
 
-RECIPES: dict[str, ModuleType] = {demo_speech_noise.NAME: demo_speech_noise}
+RECIPES: dict[str, ModuleType] = {
+    m.NAME: m for m in (demo_speech_noise, demo_chorales, demo_digits, musdb18, dsd100)
+}
 
 
 class RecipeError(ValueError):
