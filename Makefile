@@ -2,12 +2,13 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-# Debian packages the demo recipes read their sounds from (installed when run as root); ffmpeg decodes
-# MUSDB18's .stem.mp4 files (and the tests make such files)
-DEB_PACKAGES := asterisk-core-sounds-en-wav openttd-opensfx simutrans-pak64 pocketsphinx-testdata espeak-ng libfluidsynth3 timgm6mb-soundfont ffmpeg
+# Debian packages the recipes read their sounds from (installed when run as root): the speech demo's, then
+# fluidsynth + a soundfont (demo-chorales) and ffmpeg (MUSDB18's .stem.mp4 files; the tests make such files)
+DEMO_DEB_PACKAGES := asterisk-core-sounds-en-wav openttd-opensfx simutrans-pak64 pocketsphinx-testdata espeak-ng
+DEB_PACKAGES := $(DEMO_DEB_PACKAGES) libfluidsynth3 timgm6mb-soundfont ffmpeg
 PYTEST_ARGS ?=
 
-.PHONY: install debian demo test test-fast bench lint constraints clean
+.PHONY: install debian debian-demo demo test test-fast bench lint constraints clean
 
 install: $(VENV)/.installed debian
 
@@ -17,14 +18,22 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	touch $@
 
 debian:
-	@missing=""; for p in $(DEB_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	  else echo "The demo data needs Debian packages. Run as root:"; echo "  apt-get install -y$$missing"; exit 1; fi; \
-	fi
+	@$(call apt_install,$(DEB_PACKAGES))
 
-demo: install
+debian-demo:
+	@$(call apt_install,$(DEMO_DEB_PACKAGES))
+
+# the missing ones of the packages $(1), or the apt-get line to run when not root
+define apt_install
+missing=""; for p in $(1); do \
+  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+if [ -n "$$missing" ]; then \
+  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+  else echo "lightning_sep needs Debian packages. Run as root:"; echo "  apt-get install -y$$missing"; exit 1; fi; \
+fi
+endef
+
+demo: $(VENV)/.installed debian-demo
 	$(BIN)/lightning-sep demo
 
 # fast tests and the slow (end-to-end) tier

@@ -131,9 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from .data.recipes import RECIPES
+
     pr = sub.add_parser("prepare", help="build a dataset from a recipe into a folder of shards",
-                        description="Build a prepared dataset (dataset.json + tar shards) from a recipe.")
-    pr.add_argument("recipe", help="recipe name, e.g. demo-speech-noise")
+                        description="Build a prepared dataset (dataset.json + tar shards) from a recipe.",
+                        epilog="Each recipe's options, their defaults and meaning: "
+                        "`python -m lightning_sep.data.recipes RECIPE --options`; data/README.md describes them.")
+    pr.add_argument("recipe", help=f"recipe name: {', '.join(RECIPES)}")
     pr.add_argument("--out", required=True, help="output folder (e.g. data/demo-speech-noise)")
     pr.add_argument("--seed", type=int, default=None, help="random seed (default: the recipe's)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")

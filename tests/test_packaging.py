@@ -47,8 +47,10 @@ def test_dockerfile_installs_the_same_pins_and_sound_packages():
     assert "COPY setup.cfg pyproject.toml constraints.txt" in docker
     assert re.search(r"pip install [^\n]*-c constraints\.txt \.", docker)
     make = (REPO / "Makefile").read_text()
-    packages = re.search(r"^DEB_PACKAGES := (.+)$", make, re.M)[1].split()
-    for package in packages:
+    demo = re.search(r"^DEMO_DEB_PACKAGES := (.+)$", make, re.M)[1].split()
+    packages = re.search(r"^DEB_PACKAGES := \$\(DEMO_DEB_PACKAGES\) (.+)$", make, re.M)[1].split()
+    assert "espeak-ng" in demo and "ffmpeg" in packages
+    for package in demo + packages:
         assert package in docker, f"Dockerfile lacks the Debian package {package}"
     assert "-c constraints.txt -e '.[dev]'" in make
     assert re.search(r"^USER (?!root)\w+", docker, re.M) and 'ENTRYPOINT ["lightning-sep"]' in docker
