@@ -63,7 +63,16 @@ def fit(cfg: DictConfig) -> Path:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     info = DatasetInfo.load(cfg.data.root)
     folder = resolve_run_dir(cfg)
+    inherited = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(folder)  # DDP ranks started from this process use the same folder
+    try:
+        return _fit(cfg, method, info, folder)
+    finally:  # a later fit in this process (the demo runs several) resolves its own folder
+        if inherited is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+
+
+def _fit(cfg: DictConfig, method, info: DatasetInfo, folder: Path) -> Path:
     ckpt = last_checkpoint(folder) if cfg.run.resume else None
     if ckpt is not None:
         check_checkpoint(ckpt, cfg.method)
