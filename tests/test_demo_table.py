@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import REPO
+
 from lightning_sep.demo import summary_table
 
 
@@ -24,3 +26,17 @@ def test_rows_share_of_bound_and_pointers(tmp_path: Path):
     assert "0%" in lines["NES iteration 0"] and lines["NES iteration 0"].rstrip().endswith("-")
     assert str(tmp_path / "nes" / "nes" / "iterations.png") in text
     assert str(tmp_path / "sup" / "results.md") in text
+
+
+def test_two_experiments_in_one_process_get_their_own_run_folders(toy_dataset, tmp_path: Path):
+    """The demo fits several experiments in one process: each must resolve (and resume) its own folder."""
+    from lightning_sep.experiment import fit, load
+
+    common = [f"data.root={toy_dataset}", f"run.root={tmp_path}", "data.segment_seconds=0.5", "data.batch_size=4",
+              "net.depth=2", "net.channels=4", "trainer.max_steps=4", "trainer.progress_bar=false",
+              "logging.wandb=false", "eval.examples=0"]
+    supervised = fit(load(REPO / "experiments/supervised/demo_speech_noise.yaml",
+                          [*common, "trainer.val_every_n_steps=4"]))
+    nes = fit(load(REPO / "experiments/nes/demo_speech_noise.yaml", [*common, "nes.iterations=2"]))
+    assert supervised.parent.name == "supervised-demo-speech-noise" and nes.parent.name == "nes-demo-speech-noise"
+    assert (nes / "checkpoints" / "last.ckpt").is_file() and (nes / "nes" / "iterations.json").is_file()
