@@ -83,3 +83,14 @@ def test_every_schema_key_is_documented():
         for field in dataclasses.fields(sub):
             line = next(ln for ln in source.splitlines() if ln.strip().startswith(f"{field.name}:"))
             assert "#" in line, f"{type(sub).__name__}.{field.name} has no comment saying what it does"
+
+
+EXPERIMENTS = sorted(p for p in (REPO / "experiments").glob("*/*.yaml") if p.parent.name != "sweeps")
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_experiment_yaml_loads_against_its_schema(path):
+    from lightning_sep.experiment import load
+
+    cfg = load(path, ["data.root=unused"])
+    assert cfg.method == path.parent.name and cfg.experiment
