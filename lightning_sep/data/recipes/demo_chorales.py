@@ -118,7 +118,7 @@ ENSEMBLE_NAMES = tuple(ENSEMBLES) + (MIXED,)
 CALIBRATION_RANGE = {"alto": (55, 74), "tenor": (48, 67), "bass": (40, 60)}
 LEAD_IN_SECONDS = 1.0  # rendered before a section so notes and reverb already sound when the first clip starts
 TAIL_SECONDS = 0.05  # rendered after a section, so rounding never leaves its last clip a sample short
-PEAK = 10 ** (-1 / 20)  # stored clips peak at -1 dBFS at most
+PEAK = src.PEAK  # stored clips peak at -1 dBFS at most
 
 
 @dataclass(frozen=True)
@@ -695,23 +695,7 @@ def mix_clip(vocals: np.ndarray, accompaniment: np.ndarray, vocals_db: float,
     acc_db = _accompaniment_db(level_db, vocals_db)
     v, a = _scale_to(vocals.astype(np.float64), acc_db + vocals_db), _scale_to(accompaniment.astype(np.float64), acc_db)
     gain = 10 ** ((level_db - _rms_db(v + a)) / 20)
-    v, a = v * gain, a * gain
-    peak = float(np.max(np.abs(v + a)))
-    if peak > PEAK:
-        v, a = v * (PEAK / peak), a * (PEAK / peak)
-    v16, a16 = to_int16(v), to_int16(a)
-    total = v16.astype(np.int32) + a16.astype(np.int32)
-    assert np.abs(total).max() <= 32767, "peak guard failed"
-    return v16, a16, total.astype(np.int16)
-
-
-def _ratio_db(v16: np.ndarray, a16: np.ndarray) -> float:
-    v, a = v16.astype(np.float64), a16.astype(np.float64)
-    return float(10 * np.log10(np.sum(v * v) / max(np.sum(a * a), 1e-20)))
-
-
-def _level_db(x16: np.ndarray) -> float:
-    return _rms_db(x16.astype(np.float64) / 32768.0)
+    return src.quantize_pair(v * gain, a * gain)
 
 
 # ----------------------------------------------------------------------------- build
@@ -928,14 +912,14 @@ def _build(out: Path, o: Options, runner: Runner, progress: bool) -> DatasetInfo
                 if p.has_vocals:
                     v16, a16, m16 = mix_clip(v_clip, a_clip, ratio, level)
                     audio = {"mix": m16, "vocals": v16, "accompaniment": a16}
-                    meta.update(vocals_db=round(_ratio_db(v16, a16), 3), vocals_db_target=round(ratio, 3),
-                                level_db=round(_level_db(m16), 2))
+                    meta.update(vocals_db=round(src.ratio_db(v16, a16), 3), vocals_db_target=round(ratio, 3),
+                                level_db=round(src.level_db(m16), 2))
                     ratios.append(meta["vocals_db"])
                 else:  # the accompaniment at the level it would have in a mixture drawn the same way
                     acc = _scale_to(a_clip.astype(np.float64), _accompaniment_db(level, ratio))
                     peak = float(np.max(np.abs(acc)))
                     audio = {"accompaniment": to_int16(acc * (PEAK / peak) if peak > PEAK else acc)}
-                    meta["level_db"] = round(_level_db(audio["accompaniment"]), 2)
+                    meta["level_db"] = round(src.level_db(audio["accompaniment"]), 2)
                 levels[p.name].append(meta["level_db"])
                 clips[p.name][k] = (audio, meta)
                 bar.update()

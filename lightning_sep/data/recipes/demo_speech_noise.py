@@ -164,7 +164,7 @@ POOLS = (
     PoolSpec("test", "eval", ALL_STEMS, "test_clips", 0.20, 0.20, 0.65),
 )
 NOISE_FRACTIONS = {p.name: p.noise_fraction for p in POOLS}
-PEAK = 10 ** (-1 / 20)  # stored clips peak at -1 dBFS at most
+PEAK = src.PEAK  # stored clips peak at -1 dBFS at most
 
 
 @dataclass
@@ -678,23 +678,7 @@ def _noise_level_db(level_db: float, snr_db: float) -> float:
 def mix_clip(speech: np.ndarray, noise: np.ndarray, snr_db: float, level_db: float) -> tuple[np.ndarray, ...]:
     """int16 speech, noise and their exact sum, at the given SNR and mixture level (peak <= -1 dBFS)."""
     noise_db = _noise_level_db(level_db, snr_db)
-    s, v = _scale_to(speech, noise_db + snr_db), _scale_to(noise, noise_db)
-    peak = float(np.max(np.abs(s + v)))
-    if peak > PEAK:
-        s, v = s * (PEAK / peak), v * (PEAK / peak)
-    s16, v16 = to_int16(s), to_int16(v)
-    total = s16.astype(np.int32) + v16.astype(np.int32)
-    assert np.abs(total).max() <= 32767, "peak guard failed"
-    return s16, v16, total.astype(np.int16)
-
-
-def _snr_db(s16: np.ndarray, v16: np.ndarray) -> float:
-    s, v = s16.astype(np.float64), v16.astype(np.float64)
-    return float(10 * np.log10(np.sum(s * s) / max(np.sum(v * v), 1e-20)))
-
-
-def _level_db(x16: np.ndarray) -> float:
-    return _rms_db(x16.astype(np.float64) / 32768.0)
+    return src.quantize_pair(_scale_to(speech, noise_db + snr_db), _scale_to(noise, noise_db))
 
 
 # ----------------------------------------------------------------------------- build
@@ -811,8 +795,9 @@ def build(out: str | os.PathLike, options: Options | None = None, progress: bool
                         s16, v16, m16 = mix_clip(speech_audio, noise_audio, snr, level)
                         audio = {"mix": m16, "speech": s16, "noise": v16}
                         meta["source"]["speech"] = parts
-                        meta.update(voice=plan.voice, voice_seen_in_train=plan.seen, snr_db=round(_snr_db(s16, v16), 3),
-                                    snr_db_target=round(snr, 3), level_db=round(_level_db(m16), 2))
+                        meta.update(voice=plan.voice, voice_seen_in_train=plan.seen,
+                                    snr_db=round(src.ratio_db(s16, v16), 3),
+                                    snr_db_target=round(snr, 3), level_db=round(src.level_db(m16), 2))
                         snrs.append(meta["snr_db"])
                         voice_clips[p.name][plan.voice] = voice_clips[p.name].get(plan.voice, 0) + 1
                         real_ids[p.name].update(part["id"] for part in parts if not part["id"].startswith("espeak"))
@@ -821,7 +806,7 @@ def build(out: str | os.PathLike, options: Options | None = None, progress: bool
                         peak = float(np.max(np.abs(v)))
                         v16 = to_int16(v * (PEAK / peak) if peak > PEAK else v)
                         audio = {"noise": v16}
-                        meta["level_db"] = round(_level_db(v16), 2)
+                        meta["level_db"] = round(src.level_db(v16), 2)
                     w.add(f"{p.split}-{p.pool}-{k:05d}", {s: audio[s] for s in p.members}, meta)
                     bar.update()
 

@@ -474,3 +474,32 @@ def trim_silence(audio: np.ndarray, sample_rate: int, *, relative_db: float = -4
             keep[start + max_gap // 2: stop - (max_gap - max_gap // 2)] = False
     mask = np.repeat(keep, n)[: len(audio)]
     return audio[mask]
+
+
+# ----------------------------------------------------------------------------- two-stem clips
+PEAK = 10 ** (-1 / 20)  # stored clips peak at -1 dBFS at most
+
+
+def quantize_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int16 a, b and their exact int16 sum, both scaled down together when the sum would peak above -1 dBFS."""
+    from ..shards import to_int16
+
+    peak = float(np.max(np.abs(a + b)))
+    if peak > PEAK:
+        a, b = a * (PEAK / peak), b * (PEAK / peak)
+    a16, b16 = to_int16(a), to_int16(b)
+    total = a16.astype(np.int32) + b16.astype(np.int32)
+    assert np.abs(total).max() <= 32767, "peak guard failed"
+    return a16, b16, total.astype(np.int16)
+
+
+def ratio_db(a16: np.ndarray, b16: np.ndarray) -> float:
+    """Energy ratio of two stored stems, dB."""
+    a, b = a16.astype(np.float64), b16.astype(np.float64)
+    return float(10 * np.log10(np.sum(a * a) / max(np.sum(b * b), 1e-20)))
+
+
+def level_db(x16: np.ndarray) -> float:
+    """RMS level of a stored int16 stem, dBFS."""
+    x = x16.astype(np.float64) / 32768.0
+    return float(10 * np.log10(np.mean(np.square(x)) + 1e-20)) if len(x) else -200.0
