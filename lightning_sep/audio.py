@@ -103,6 +103,16 @@ class STFT(nn.Module):
         spec = (self(mixture) if spec is None else spec).unsqueeze(1)  # (B, 1, F, N); pass it to skip a 2nd STFT
         return self.inverse(masks * spec, mixture.shape[-1])
 
+    @fp32
+    def griffin_lim(self, magnitude: Tensor, spec: Tensor, length: int, iterations: int) -> Tensor:
+        """Waveforms whose STFT magnitudes approach ``magnitude`` (..., F, N), starting from ``spec``'s phase
+        (Griffin & Lim 1984: alternate the inverse STFT and re-imposing the target magnitude)."""
+        phase = spec / spec.abs().clamp_min(1e-12)
+        for _ in range(iterations):
+            rebuilt = self(self.inverse(magnitude * phase, length))
+            phase = rebuilt / rebuilt.abs().clamp_min(1e-12)
+        return self.inverse(magnitude * phase, length)
+
 
 
 class Pixels(nn.Module):

@@ -156,27 +156,44 @@ def load_config(path: str | Path, overrides: list[str], schemas: dict[str, type]
     ``schemas`` maps method name → config dataclass (the method's ``Config``).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file (experiments live in experiments/<method>/<dataset>.yaml)")
+    layers = _read_layers(path)
     try:
-        from_file = OmegaConf.load(path)
         from_cli = OmegaConf.from_dotlist(parse_overrides(overrides))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {e}") from e
-    method = from_cli.get("method", from_file.get("method"))
+    method = from_cli.get("method", next((c["method"] for _, c in reversed(layers) if "method" in c), None))
     if method not in schemas:
         raise ConfigError(f"{path}: method {method!r} is not one of {sorted(schemas)}")
     schema = schemas[method]
-    _check_keys(schema(), OmegaConf.to_container(from_file), str(path))
+    for where, layer in layers:
+        _check_keys(schema(), OmegaConf.to_container(layer), str(where))
     _check_keys(schema(), OmegaConf.to_container(from_cli), "the command-line overrides")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(schema), from_file, from_cli)
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), *(layer for _, layer in layers), from_cli)
         missing = sorted(OmegaConf.missing_keys(cfg))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {e}".replace("\n", "; ")) from e
     if missing:
         raise ConfigError(f"{path}: these keys need a value: {', '.join(missing)} (set them in the YAML or key=value)")
     return cfg
+
+
+def _read_layers(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
+    """The YAML at ``path`` and, first, the configs it builds on: a top-level ``defaults_from: OTHER.yaml``
+    (relative to the file) reads OTHER first and lays this file over it (how an ablation states only its change)."""
+    if not path.is_file():
+        where = f" (defaults_from of {chain[-1]})" if chain else ""
+        raise ConfigError(f"{path}: no such config file{where} "
+                          "(experiments live in experiments/<method>/<dataset>.yaml)")
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: defaults_from loops back to itself: {' -> '.join(map(str, chain))}")
+    try:
+        layer = OmegaConf.load(path)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path}: {e}") from e
+    base = layer.pop("defaults_from", None)
+    below = _read_layers(path.parent / str(base), (*chain, path.resolve())) if base is not None else []
+    return [*below, (path, layer)]
 
 
 def config_from_dict(raw: dict, schemas: dict[str, type]) -> DictConfig:

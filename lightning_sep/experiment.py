@@ -45,9 +45,13 @@ def load(config: str | Path, overrides: list[str]) -> DictConfig:
 def make_trainer(cfg: DictConfig, folder: Path, loggers, callbacks, for_fit: bool) -> pl.Trainer:
     t = cfg.trainer
     reload = METHODS[cfg.method].reload_train_data_each_epoch
+    steps = t.max_steps * optimizer_steps_per_batch(cfg)
+    strategy = t.strategy
+    if METHODS[cfg.method].ddp_find_unused_parameters and strategy in ("ddp", "ddp_spawn"):
+        strategy += "_find_unused_parameters_true"
     return pl.Trainer(
-        default_root_dir=str(folder), max_steps=t.max_steps if for_fit else -1, max_epochs=-1,
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        default_root_dir=str(folder), max_steps=steps if for_fit else -1, max_epochs=-1,
+        accelerator=t.accelerator, devices=t.devices, strategy=strategy, num_nodes=t.num_nodes,
         precision=t.precision, val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic, enable_progress_bar=t.progress_bar, logger=loggers,
@@ -57,8 +61,14 @@ def make_trainer(cfg: DictConfig, folder: Path, loggers, callbacks, for_fit: boo
     )
 
 
-def fit(cfg: DictConfig) -> Path:
-    """Train (or resume) the run of ``cfg``; returns its folder."""
+def optimizer_steps_per_batch(cfg: DictConfig) -> int:
+    """How far Lightning's step counter moves per batch: one per optimizer step (2 for a GAN), while
+    ``trainer.max_steps`` and ``checkpoint_every_n_steps`` count batches."""
+    return METHODS[cfg.method].optimizer_steps_per_batch(cfg)
+
+
+def fit(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
+    """Train (or resume) the run of ``cfg``; returns its folder. ``callbacks`` are added to the run's own."""
     method = METHODS[cfg.method]
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     info = DatasetInfo.load(cfg.data.root)
@@ -66,13 +76,13 @@ def fit(cfg: DictConfig) -> Path:
     inherited = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(folder)  # DDP ranks started from this process use the same folder
     try:
-        return _fit(cfg, method, info, folder)
+        return _fit(cfg, method, info, folder, callbacks or [])
     finally:  # a later fit in this process (the demo runs several) resolves its own folder
         if inherited is None:
             os.environ.pop(RUN_DIR_ENV, None)
 
 
-def _fit(cfg: DictConfig, method, info: DatasetInfo, folder: Path) -> Path:
+def _fit(cfg: DictConfig, method, info: DatasetInfo, folder: Path, extra: list[pl.Callback]) -> Path:
     ckpt = last_checkpoint(folder) if cfg.run.resume else None
     if ckpt is not None:
         check_checkpoint(ckpt, cfg.method)
@@ -84,8 +94,9 @@ def _fit(cfg: DictConfig, method, info: DatasetInfo, folder: Path) -> Path:
                                 forbidden=method.forbidden_stems(info))
     model = method(OmegaConf.to_container(cfg, resolve=True), dataset_summary(info))
     loggers = make_loggers(cfg, folder)
-    callbacks = [LastCheckpoint(folder, cfg.trainer.checkpoint_every_n_steps), ValidationReport(),
-                 *model.extra_callbacks(folder)]
+    every = cfg.trainer.checkpoint_every_n_steps * optimizer_steps_per_batch(cfg)
+    callbacks = [LastCheckpoint(folder, every), ValidationReport(),
+                 *model.extra_callbacks(folder), *extra]
     trainer = make_trainer(cfg, folder, loggers, callbacks, for_fit=True)
     failed = True
     try:

@@ -73,6 +73,12 @@ def markdown(results: dict[str, Any]) -> str:
                   "|---|---|" + "---:|" * len(metrics)]
         for stem, how, values in rows(baseline):
             lines.append(f"| {stem} | {how} | " + " | ".join(values) + " |")
+    if results.get("paper_table"):
+        paper = results["paper_table"]
+        lines += ["", paper["title"], "", "| " + " | ".join(paper["columns"]) + " |",
+                  "|---|" + "---:|" * (len(paper["columns"]) - 1)]
+        for row in paper["rows"]:
+            lines.append("| " + " | ".join(str(v) if isinstance(v, str) else _fmt(v) for v in row) + " |")
     if results.get("iterations"):
         keys = sorted({k for it in results["iterations"] for k in it["valid"]})
         lines += ["", "Validation after each outer iteration (unobserved stem, mean):", "",

@@ -38,6 +38,7 @@ class SeparationModule(pl.LightningModule):
     name = "base"
     Config: type = ExperimentConfig
     reload_train_data_each_epoch = False  # True when the training pools change between epochs (NES)
+    ddp_find_unused_parameters = False  # True when a backward pass leaves some weights out (a GAN's two steps)
 
     def __init__(self, config: dict, dataset: dict):
         """``config``: the resolved experiment config as a plain dict (stored in every checkpoint);
@@ -71,6 +72,11 @@ class SeparationModule(pl.LightningModule):
     @classmethod
     def train_pools(cls, info: DatasetInfo) -> dict[str, PoolSpec]:
         raise NotImplementedError
+
+    @classmethod
+    def optimizer_steps_per_batch(cls, cfg: DictConfig) -> int:
+        """Optimizer steps per training batch (a GAN steps its discriminator and its generator)."""
+        return 1
 
     @classmethod
     def forbidden_stems(cls, info: DatasetInfo) -> tuple[str, ...]:
@@ -146,18 +152,22 @@ class SeparationModule(pl.LightningModule):
             )
 
     def configure_optimizers(self):
-        o = self.cfg.optim
-        trained = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(trained, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        if o.schedule == "cosine":
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, partial(cosine_factor, warmup=o.warmup_steps, total=o.schedule_steps, final=o.final_lr_ratio)
-            )
-        elif o.schedule == "step" and o.decay_every_steps:
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.decay_every_steps, gamma=o.decay_factor)
-        else:
+        opt, sched = self.adam_with_schedule([p for p in self.parameters() if p.requires_grad])
+        if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def adam_with_schedule(self, params) -> tuple[torch.optim.Optimizer, Any]:
+        """Adam over ``params`` with the ``optim`` section's settings, and its lr schedule (None: constant)."""
+        o = self.cfg.optim
+        opt = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        if o.schedule == "cosine":
+            return opt, torch.optim.lr_scheduler.LambdaLR(
+                opt, partial(cosine_factor, warmup=o.warmup_steps, total=o.schedule_steps, final=o.final_lr_ratio)
+            )
+        if o.schedule == "step" and o.decay_every_steps:
+            return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=o.decay_every_steps, gamma=o.decay_factor)
+        return opt, None
 
     # ------------------------------------------------------------------ separation
     @torch.no_grad()

@@ -1,0 +1,291 @@
+"""MaskNet: semi-supervised singing voice separation (Michelashvili, Benaim & Wolf, ICASSP 2019).
+
+Two unmatched training sets: mixtures y and instrumentals c (the observed stem, here ``accompaniment``); the
+vocals are never heard alone. One soft-mask network g keeps the instrumental part of a spectrogram,
+g(x) = mask(x) ⊙ x, so v̂ = y − g(y) is the vocal estimate. g is trained to be
+
+- an identity on instrumentals:            R1 = ‖g(c) − c‖₁
+- idempotent:                              R2 = ‖g(g(y)) − g(y)‖₁
+- right on synthetic mixtures ȳ = v̂ + c:   R3 = ‖g(ȳ) − c‖₁,  R4 = ‖(ȳ − g(ȳ)) − v̂‖₁
+- and indistinguishable from real data:    GAN_C (d_C: real c vs g(y)),  GAN_A (d_A: real y vs ȳ),
+
+with least-squares GAN losses and gradients flowing through v̂. Each batch takes one discriminator step, then
+one generator step (the authors' order), each with its own Adam optimizer and schedule. A term with weight 0 is
+left out (that is how the ablations run); with both GAN weights 0 there are no discriminators at all.
+
+Our choices where the authors' code is silent or inconsistent:
+
+- the L1 terms and the discriminators see compressed magnitudes |S|^p (``masknet.compression``, authors 0.3),
+  without the authors' per-chunk rescaling (the recipes set levels);
+- ``masknet.mask_domain: compressed`` multiplies |S|^p by the mask as the authors do, i.e. |S| by mask^(1/p);
+- synthetic mixtures are sums of complex spectra (= sums of waveforms), not of compressed magnitudes: NES
+  lost most of its quality when magnitudes were summed instead of waveforms;
+- how the mask is used at inference (exponent, bilateral post-filter, phase) is the ``masknet.inference``
+  section, applied in validation, test and ``separate`` alike.
+
+``trainer.max_steps`` counts batches (generator steps), as for every other method; Lightning's own step counter
+counts both optimizers' steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import ConfigError, ExperimentConfig
+from ..data.datamodule import PoolSpec
+from ..data.shards import DatasetInfo
+from ..nets.discriminator import (
+    DiscriminatorConfig,
+    MultiScaleDiscriminator,
+    lsgan_discriminator_loss,
+    lsgan_generator_loss,
+)
+from ..nets.unet import MaskUNet
+from .base import SeparationModule
+
+
+@dataclass
+class LossWeights:
+    """Weight of each loss term in the generator's loss (authors: 20 for R1–R4, 10 per GAN; 0 leaves it out)."""
+
+    r1: float = 20.0  # identity on instrumentals ‖g(c) − c‖₁
+    r2: float = 20.0  # idempotence ‖g(g(y)) − g(y)‖₁
+    r3: float = 20.0  # instrumental of a synthetic mixture ‖g(ȳ) − c‖₁
+    r4: float = 20.0  # vocals of a synthetic mixture ‖(ȳ − g(ȳ)) − v̂‖₁
+    gan_a: float = 10.0  # d_A: real mixtures y vs synthetic mixtures ȳ
+    gan_c: float = 10.0  # d_C: real instrumentals c vs g(y)
+
+
+@dataclass
+class InferenceParams:
+    """How the trained mask separates (validation, test and `separate`). Authors, undocumented: exponent 9 and a
+    bilateral filter on the mask, applied to the linear magnitude with the mixture's phase."""
+
+    mask_exponent: float = 1.0  # raise the vocal mask to this power (> 1 removes weak instrumental residues)
+    post_filter: str = "none"  # none | bilateral: smooth the vocal mask, keeping its edges
+    bilateral_size: int = 5  # bilateral filter: window (bins × frames), odd
+    bilateral_sigma_space: float = 1.5  # bilateral filter: spatial spread, in bins/frames
+    bilateral_sigma_range: float = 0.2  # bilateral filter: how different a mask value may be and still count
+    phase: str = "mixture"  # mixture: masked magnitude with the mixture's phase; griffin_lim: phase re-estimated
+    griffin_lim_iterations: int = 32  # Griffin-Lim iterations (phase: griffin_lim), started from the mixture's phase
+
+
+@dataclass
+class MaskNetParams:
+    """MaskNet options (defaults: the authors' values where they state them)."""
+
+    weights: LossWeights = field(default_factory=LossWeights)
+    compression: float = 0.3  # the L1 terms and the discriminators see |S|^compression (authors: 0.3)
+    mask_domain: str = "compressed"  # compressed: the mask multiplies |S|^compression (authors); linear: |S|
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    clip_norm: float | None = None  # clip each network's gradient norm to this (None: no clipping)
+    inference: InferenceParams = field(default_factory=InferenceParams)
+
+
+@dataclass
+class MaskNetConfig(ExperimentConfig):
+    masknet: MaskNetParams = field(default_factory=MaskNetParams)
+
+
+GAN_TERMS = ("gan_a", "gan_c")
+
+
+class MaskNet(SeparationModule):
+    name = "masknet"
+    Config = MaskNetConfig
+    ddp_find_unused_parameters = True  # the discriminator step leaves the generator out, and the reverse
+
+    def __init__(self, config: dict, dataset: dict):
+        super().__init__(config, dataset)
+        if self.is_image:
+            raise ConfigError("masknet separates audio; this dataset holds images (use nes or supervised)")
+        self.observed, self.unobserved = dataset["observed"], dataset["unobserved"]
+        if self.observed not in self.stems or self.unobserved not in self.stems or len(self.stems) != 2:
+            raise ConfigError(
+                f"masknet needs a two-stem dataset with an observed (instrumental) and an unobserved (vocal) stem; "
+                f"dataset.json names observed={self.observed!r}, unobserved={self.unobserved!r}, stems {self.stems}"
+            )
+        self.automatic_optimization = False
+        self.observed_index = self.stems.index(self.observed)
+        self.net = MaskUNet(len(self.stems), self.cfg.net)  # g: the same generator as the supervised bound's
+        self.average_weights()
+        w, d = self.cfg.masknet.weights, self.cfg.masknet.discriminator
+        self.d_a = MultiScaleDiscriminator(d) if w.gan_a else None
+        self.d_c = MultiScaleDiscriminator(d) if w.gan_c else None
+        self.mask_power = 1 / self.cfg.masknet.compression if self.cfg.masknet.mask_domain == "compressed" else 1.0
+
+    @classmethod
+    def resolve_config(cls, cfg) -> None:
+        m = cfg.masknet
+        if not 0 < m.compression <= 1:
+            raise ConfigError(f"masknet.compression={m.compression} must be in (0, 1]")
+        choices = {"masknet.mask_domain": (m.mask_domain, ("compressed", "linear")),
+                   "masknet.inference.post_filter": (m.inference.post_filter, ("none", "bilateral")),
+                   "masknet.inference.phase": (m.inference.phase, ("mixture", "griffin_lim"))}
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(repr, allowed))}")
+        negative = [k for k, v in m.weights.items() if v < 0]
+        if negative:
+            raise ConfigError(f"masknet.weights.{negative[0]} must be >= 0 (0 leaves the term out)")
+        if m.inference.bilateral_size % 2 == 0:
+            raise ConfigError(f"masknet.inference.bilateral_size={m.inference.bilateral_size} must be odd")
+        if cfg.trainer.gradient_clip_val is not None:
+            raise ConfigError("masknet steps its optimizers itself: set masknet.clip_norm instead of "
+                              "trainer.gradient_clip_val")
+
+    @classmethod
+    def optimizer_steps_per_batch(cls, cfg) -> int:
+        return 2 if any(cfg.masknet.weights[t] for t in GAN_TERMS) else 1
+
+    @classmethod
+    def train_pools(cls, info: DatasetInfo) -> dict[str, PoolSpec]:
+        return {"mixtures": PoolSpec("train", "mixtures", ["mix"]),
+                "instrumentals": PoolSpec("train", "observed", [info.observed])}
+
+    @classmethod
+    def forbidden_stems(cls, info: DatasetInfo) -> tuple[str, ...]:
+        return (info.unobserved,)
+
+    # ------------------------------------------------------------------ the generator g and what the losses see
+    def g(self, spec: Tensor) -> Tensor:
+        """g(x) = mask(x) ⊙ x on complex spectra (B, F, N): the instrumental part of x."""
+        mask = self.net(self.front_end.log_magnitude(None, spec))[:, self.observed_index]
+        return mask**self.mask_power * spec
+
+    def compressed(self, spec: Tensor) -> Tensor:
+        """|S|^p, smooth at 0 (the gradient of |S|^0.3 is infinite there)."""
+        return (spec.real**2 + spec.imag**2 + 1e-10) ** (self.cfg.masknet.compression / 2)
+
+    def l1(self, a: Tensor, b: Tensor) -> Tensor:
+        return F.l1_loss(self.compressed(a), self.compressed(b))
+
+    # ------------------------------------------------------------------ training: one D step, then one G step
+    def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> None:
+        y = self.front_end(batch["mixtures"]["mix"])
+        c = self.front_end(batch["instrumentals"][self.observed])
+        g_y = self.g(y)
+        v_hat = y - g_y  # the vocal estimate; gradients flow through it in the generator step
+        y_bar = v_hat + c  # synthetic mixture of our vocals with an unrelated instrumental
+        optimizers = self.optimizers()
+        opt_g, opt_d = optimizers if isinstance(optimizers, list) else (optimizers, None)
+        losses = self.discriminator_step(opt_d, y, c, g_y.detach(), y_bar.detach()) if opt_d else {}
+        losses |= self.generator_step(opt_g, y, c, g_y, v_hat, y_bar)
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
+            scheduler.step()
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()})
+        self.log("loss", losses["loss_g"].detach(), prog_bar=True, logger=False)
+
+    def discriminator_step(self, opt, y: Tensor, c: Tensor, g_y: Tensor, y_bar: Tensor) -> dict[str, Tensor]:
+        w = self.cfg.masknet.weights
+        losses = {}
+        if self.d_c is not None:
+            losses["d_c"] = lsgan_discriminator_loss(self.d_c, self.compressed(c), self.compressed(g_y))
+        if self.d_a is not None:
+            losses["d_a"] = lsgan_discriminator_loss(self.d_a, self.compressed(y), self.compressed(y_bar))
+        losses["loss_d"] = w.gan_c * losses.get("d_c", 0) + w.gan_a * losses.get("d_a", 0)
+        self.update(opt, losses["loss_d"], losses)
+        return losses
+
+    def generator_step(self, opt, y: Tensor, c: Tensor, g_y: Tensor, v_hat: Tensor, y_bar: Tensor
+                       ) -> dict[str, Tensor]:
+        w = self.cfg.masknet.weights
+        # the three further passes of g share one batch
+        inputs = {"c": c if w.r1 else None, "g_y": g_y if w.r2 else None, "y_bar": y_bar if w.r3 or w.r4 else None}
+        used = [k for k, v in inputs.items() if v is not None]
+        passes = self.g(torch.cat([inputs[k] for k in used])).chunk(len(used)) if used else ()
+        out = dict(zip(used, passes, strict=True))
+        losses: dict[str, Tensor] = {}
+        if w.r1:
+            losses["r1"] = self.l1(out["c"], c)
+        if w.r2:
+            losses["r2"] = self.l1(out["g_y"], g_y)
+        if w.r3:
+            losses["r3"] = self.l1(out["y_bar"], c)
+        if w.r4:
+            losses["r4"] = self.l1(y_bar - out["y_bar"], v_hat)
+        if self.d_c is not None:
+            losses["gan_c"] = lsgan_generator_loss(self.d_c, self.compressed(g_y))
+        if self.d_a is not None:
+            losses["gan_a"] = lsgan_generator_loss(self.d_a, self.compressed(y_bar))
+        losses["loss_g"] = sum(w[k] * v for k, v in losses.items())
+        self.update(opt, losses["loss_g"], losses)
+        return losses
+
+    def update(self, opt, loss: Tensor, terms: dict[str, Tensor]) -> None:
+        """One step of ``opt`` on ``loss``, only its own network's weights taking part."""
+        self.check_finite(terms)
+        self.toggle_optimizer(opt)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.cfg.masknet.clip_norm is not None:
+            self.clip_gradients(opt, gradient_clip_val=self.cfg.masknet.clip_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        self.untoggle_optimizer(opt)
+
+    def configure_optimizers(self):
+        # both networks: Adam with the optim section's settings (authors: lr 1e-4, betas 0.5/0.999, decay 1e-4)
+        discriminators = [d for d in (self.d_a, self.d_c) if d is not None]
+        groups = [list(self.net.parameters())]
+        if discriminators:
+            groups.append([p for d in discriminators for p in d.parameters()])
+        pairs = [self.adam_with_schedule(group) for group in groups]
+        optimizers = [opt for opt, _ in pairs]
+        schedulers = [sched for _, sched in pairs if sched is not None]
+        return (optimizers, schedulers) if schedulers else optimizers
+
+    # ------------------------------------------------------------------ separation
+    def masks(self, mix: Tensor, spec: Tensor | None = None) -> Tensor:
+        """The inference masks (``masknet.inference``): vocals and instrumental, summing to one."""
+        net = self.net_average.module if self.net_average is not None and not self.training else self.net
+        keep = net(self.front_end.features(mix, spec))[:, self.observed_index] ** self.mask_power
+        vocals = 1 - keep
+        i = self.cfg.masknet.inference
+        if i.post_filter == "bilateral":
+            vocals = bilateral_filter(vocals, i.bilateral_size, i.bilateral_sigma_space, i.bilateral_sigma_range)
+        vocals = vocals**i.mask_exponent
+        pair = {self.unobserved: vocals, self.observed: 1 - vocals}
+        return torch.stack([pair[s] for s in self.stems], dim=1)
+
+    @torch.no_grad()
+    def separate(self, mix: Tensor) -> Tensor:
+        spec = self.front_end(mix)
+        masks = self.masks(mix, spec)
+        i = self.cfg.masknet.inference
+        if i.phase == "mixture":
+            return self.front_end.apply_masks(masks, mix, spec)
+        spec = spec.unsqueeze(1)
+        return self.front_end.griffin_lim(masks * spec.abs(), spec, mix.shape[-1], i.griffin_lim_iterations)
+
+    def extra_results(self, folder) -> dict[str, Any]:
+        """The inference settings, and the paper's Table 1 layout: median SDR and SIR of the vocals over tracks."""
+        out: dict[str, Any] = {"inference": dict(self.cfg.masknet.inference)}
+        vocals = (self.test_results or {}).get("summary", {}).get(self.unobserved, {})
+        if "sdr" in vocals:
+            e = self.cfg.eval
+            frames = f"framewise, {e.window_s:g} s windows, {e.hop_s:g} s hop" if e.framewise else "whole clips"
+            out["paper_table"] = {
+                "title": f"Table 1 layout: median over tracks of the {self.unobserved} (BSS Eval v4, {frames}, dB):",
+                "columns": ["Approach", "SDR", "SIR"],
+                "rows": [["MaskNet", vocals["sdr"]["median"], vocals["sir"]["median"]]],
+            }
+        return out
+
+
+def bilateral_filter(mask: Tensor, size: int, sigma_space: float, sigma_range: float) -> Tensor:
+    """Edge-preserving smoothing of (B, F, N) masks: each value becomes a mean of its ``size``×``size``
+    neighbours weighted by their distance and by how close their values are to it."""
+    b, n_freq, n_frames = mask.shape
+    pad = size // 2
+    patches = F.unfold(F.pad(mask[:, None].float(), (pad, pad, pad, pad), mode="replicate"), size)
+    patches = patches.view(b, size * size, n_freq, n_frames)
+    offsets = torch.arange(size, device=mask.device, dtype=torch.float32) - pad
+    distance2 = (offsets[:, None] ** 2 + offsets[None, :] ** 2).flatten()
+    weights = torch.exp(-distance2 / (2 * sigma_space**2)).view(1, -1, 1, 1)
+    weights = weights * torch.exp(-((patches - mask[:, None]) ** 2) / (2 * sigma_range**2))
+    return (weights * patches).sum(1) / weights.sum(1)

@@ -1,0 +1,242 @@
+"""MaskNet end to end on the toy dataset: both optimizers, every loss term, resume, DDP, NaN, the inference keys."""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import REPO, cli
+from omegaconf import OmegaConf
+from test_runs import ok
+
+from lightning_sep import experiment
+from lightning_sep.audio import STFT, STFTConfig
+from lightning_sep.config import ConfigError
+from lightning_sep.data.shards import DatasetInfo
+from lightning_sep.methods.masknet import MaskNet, bilateral_filter
+
+CONFIG = "experiments/masknet/demo_chorales.yaml"
+TERMS = ["r1", "r2", "r3", "r4", "gan_a", "gan_c", "loss_g", "d_a", "d_c", "loss_d"]
+ABLATIONS = {"no_r1": "r1", "no_r2": "r2", "no_r3": "r3", "no_r4": "r4", "no_gan_a": "gan_a", "no_gan_c": "gan_c",
+             "no_gans": ("gan_a", "gan_c")}
+
+
+def small(root: Path, runs: Path, *extra: str) -> list[str]:
+    """Six batches of a tiny generator and discriminators on the toy dataset."""
+    return [f"data.root={root}", f"run.root={runs}", "data.segment_seconds=0.5", "data.batch_size=4",
+            "data.num_workers=1", "data.valid_clips=4", "stft.n_fft=256", "stft.win_length=256", "stft.hop_length=64",
+            "net.depth=2", "net.channels=8", "net.top_channels=0", "masknet.discriminator.channels=4",
+            "masknet.discriminator.layers=2", "masknet.discriminator.scales=2", "trainer.max_steps=6",
+            "trainer.val_every_n_steps=3", "trainer.checkpoint_every_n_steps=3", "trainer.progress_bar=false",
+            "trainer.precision=32-true", "trainer.log_every_n_steps=1", "eval.examples=1", "logging.wandb=false",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def masknet_run(toy_dataset, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("masknet-runs")
+    proc = ok(cli("fit", CONFIG, *small(toy_dataset, runs)))
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def test_fit_logs_every_term_and_checkpoints_both_optimizers(masknet_run):
+    with open(next((masknet_run / "csv").rglob("metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    logged = {k[len("train/"):] for row in rows for k, v in row.items() if k.startswith("train/") and v}
+    assert logged == set(TERMS)
+    ckpt = torch.load(masknet_run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 2
+    assert ckpt["global_step"] == 12  # Lightning counts both optimizers' steps: 6 batches
+    assert [s["last_epoch"] for s in ckpt["lr_schedulers"]] == [6, 6]  # each schedule stepped once per batch
+
+
+def test_test_writes_the_paper_table(masknet_run):
+    ok(cli("test", str(masknet_run)))
+    results = json.loads((masknet_run / "results.json").read_text())
+    assert results["method"] == "masknet" and len(results["clips"]) == 9  # per-track values
+    assert all({"sdr", "sir"} <= set(clip["speech"]) for clip in results["clips"])
+    (row,) = results["paper_table"]["rows"]
+    assert row == ["MaskNet", results["summary"]["speech"]["sdr"]["median"],
+                   results["summary"]["speech"]["sir"]["median"]]
+    assert "Table 1 layout" in (masknet_run / "results.md").read_text()
+    assert results["inference"]["mask_exponent"] == 1.0
+
+
+class StepWatcher(pl.Callback):
+    """Checks at each optimizer step that the other network's weights and gradients were left alone."""
+
+    def __init__(self):
+        self.checked_batches = self.compared = 0
+
+    @staticmethod
+    def _copy(params) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in params]
+
+    @staticmethod
+    def _grads(params) -> list[torch.Tensor | None]:
+        return [None if p.grad is None else p.grad.clone() for p in params]
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.g_weights = self._copy(module.net.parameters())
+        self.calls = 0
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        g, d = list(module.net.parameters()), [*module.d_a.parameters(), *module.d_c.parameters()]
+        self.calls += 1
+        if self.calls == 1:  # discriminator step: only the discriminators have fresh gradients
+            assert optimizer.param_groups[0]["params"][0] is d[0]
+            g_grads = self._grads(g)
+            if hasattr(self, "g_grads") and g_grads[0] is not None:  # (Lightning frees all gradients to validate)
+                assert all(torch.equal(a, b) for a, b in zip(self.g_grads, g_grads, strict=True))
+                self.compared += 1
+            self.d_grads = self._grads(d)
+        else:  # generator step: the discriminator step moved no generator weight, the G pass no D gradient
+            assert optimizer.param_groups[0]["params"][0] is g[0]
+            assert all(torch.equal(a, b) for a, b in zip(self.g_weights, self._copy(g), strict=True))
+            assert all(torch.equal(a, b) for a, b in zip(self.d_grads, self._grads(d), strict=True))
+            self.d_weights, self.g_grads = self._copy(d), self._grads(g)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        d = [*module.d_a.parameters(), *module.d_c.parameters()]
+        assert all(torch.equal(a, b) for a, b in zip(self.d_weights, self._copy(d), strict=True))
+        assert not all(torch.equal(a, b) for a, b in zip(self.g_weights, self._copy(module.net.parameters()),
+                                                           strict=True))
+        assert self.calls == 2
+        self.checked_batches += 1
+
+
+def test_each_optimizer_step_updates_only_its_own_network(toy_dataset, tmp_path):
+    watcher = StepWatcher()
+    cfg = experiment.load(REPO / CONFIG, small(toy_dataset, tmp_path, "trainer.max_steps=4"))
+    experiment.fit(cfg, callbacks=[watcher])
+    assert watcher.checked_batches == 4 and watcher.compared == 2  # batches 2 and 3 (validation after 3)
+
+
+class StateAtStart(pl.Callback):
+    def on_train_start(self, trainer, module):
+        # copies: Adam updates its state tensors in place as training goes on
+        self.optimizers = copy.deepcopy([o.state_dict() for o in trainer.optimizers])
+        self.schedulers = copy.deepcopy([c.scheduler.state_dict() for c in trainer.lr_scheduler_configs])
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    return a == b or (callable(a) and callable(b))  # LambdaLR keeps its lambdas out of the state
+
+
+def test_resume_restores_both_optimizers_and_schedulers(toy_dataset, tmp_path):
+    overrides = small(toy_dataset, tmp_path, "trainer.max_steps=4", "optim.schedule=cosine", "optim.warmup_steps=2",
+                      "optim.schedule_steps=8")
+    folder = experiment.fit(experiment.load(REPO / CONFIG, overrides))
+    saved = torch.load(folder / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    watcher = StateAtStart()
+    again = experiment.fit(experiment.load(REPO / CONFIG, [*overrides, "trainer.max_steps=6"]), callbacks=[watcher])
+    assert again == folder
+    assert [o["state"][0]["step"].item() for o in watcher.optimizers] == [4, 4]  # not fresh optimizers
+    assert _same(watcher.optimizers, saved["optimizer_states"])
+    assert _same(watcher.schedulers, saved["lr_schedulers"])
+    assert [s["last_epoch"] for s in watcher.schedulers] == [4, 4]
+
+
+def test_nan_in_a_loss_stops_the_run_naming_the_term(toy_dataset, tmp_path):
+    proc = cli("fit", CONFIG, *small(toy_dataset, tmp_path, "optim.lr=1e30", "trainer.max_steps=50"))
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    named = re.search(r"training stopped: loss term\(s\) \[([^\]]+)\] became NaN/inf at step \d+", proc.stderr)
+    assert named, proc.stderr[-2000:]
+    assert set(re.findall(r"'(\w+)'", named.group(1))) <= set(TERMS)
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_each_ablation_is_the_demo_with_one_row_applied(name):
+    demo = experiment.load(REPO / CONFIG, [])
+    ablated = experiment.load(REPO / f"experiments/masknet/ablations/{name}.yaml", [])
+    removed = ABLATIONS[name] if isinstance(ABLATIONS[name], tuple) else (ABLATIONS[name],)
+    assert ablated.experiment == f"masknet-demo-chorales-{name.replace('_', '-')}"
+    for term in removed:
+        assert demo.masknet.weights[term] > 0 and ablated.masknet.weights[term] == 0
+        ablated.masknet.weights[term] = demo.masknet.weights[term]
+    ablated.experiment = demo.experiment
+    assert OmegaConf.to_container(ablated) == OmegaConf.to_container(demo)
+
+
+def _module(toy_dataset, *overrides: str) -> MaskNet:
+    cfg = experiment.load(REPO / CONFIG, small(toy_dataset, Path("unused"), *overrides))
+    return MaskNet(OmegaConf.to_container(cfg), experiment.dataset_summary(DatasetInfo.load(toy_dataset)))
+
+
+def test_without_gans_there_are_no_discriminators(toy_dataset):
+    module = _module(toy_dataset, "masknet.weights.gan_a=0", "masknet.weights.gan_c=0")
+    assert module.d_a is None and module.d_c is None
+    assert MaskNet.optimizer_steps_per_batch(module.cfg) == 1
+    optimizers, schedulers = module.configure_optimizers()
+    assert len(optimizers) == len(schedulers) == 1
+
+
+def test_inference_keys_shape_the_masks(toy_dataset):
+    torch.manual_seed(0)
+    mix = 0.1 * torch.randn(2, 4000)
+    plain = _module(toy_dataset).eval()
+    sharp = _module(toy_dataset, "masknet.inference.mask_exponent=3").eval()
+    sharp.load_state_dict(plain.state_dict())
+    vocals = plain.stems.index("speech")
+    m1, m3 = plain.masks(mix)[:, vocals], sharp.masks(mix)[:, vocals]
+    assert torch.allclose(m3, m1**3, atol=1e-6) and torch.allclose(plain.masks(mix).sum(1), torch.ones_like(m1))
+    griffin = _module(toy_dataset, "masknet.inference.phase=griffin_lim", "masknet.inference.griffin_lim_iterations=4")
+    griffin.load_state_dict(plain.state_dict())
+    est = griffin.eval().separate(mix)
+    assert est.shape == (2, 2, 4000) and not torch.allclose(est, plain.separate(mix), atol=1e-4)
+    with pytest.raises(ConfigError, match="masknet.inference.phase='mixed' is not one of 'mixture', 'griffin_lim'"):
+        experiment.load(REPO / CONFIG, ["masknet.inference.phase=mixed"])
+    with pytest.raises(ConfigError, match="set masknet.clip_norm instead of trainer.gradient_clip_val"):
+        experiment.load(REPO / CONFIG, ["trainer.gradient_clip_val=1.0"])
+
+
+def test_bilateral_filter_smooths_noise_but_keeps_edges():
+    torch.manual_seed(0)
+    step = torch.full((1, 32, 32), 0.2)
+    step[:, :, 16:] = 0.8
+    noisy = step + 0.05 * torch.randn_like(step)
+    out = bilateral_filter(noisy, 5, 1.5, 0.2)
+    assert (out - step).abs().mean() < 0.5 * (noisy - step).abs().mean()  # noise reduced
+    assert out[:, :, 15].max() < 0.3 and out[:, :, 16].min() > 0.7  # the edge stays sharp (a blur would give 0.5)
+    flat = torch.full((1, 8, 8), 0.3)
+    assert torch.allclose(bilateral_filter(flat, 5, 1.5, 0.2), flat)
+
+
+def test_griffin_lim_makes_magnitudes_consistent():
+    stft = STFT(STFTConfig(n_fft=256, win_length=256, hop_length=64))
+    torch.manual_seed(0)
+    t = torch.arange(8000) / 8000
+    wave = torch.sin(2 * math.pi * 440 * t * (1 + t))[None]
+    target = stft(wave).abs()
+    random_phase = torch.polar(torch.ones_like(target), 2 * math.pi * torch.rand_like(target))
+
+    def error(w):
+        return ((stft(w).abs() - target).norm() / target.norm()).item()
+
+    assert error(stft.griffin_lim(target, random_phase, 8000, 30)) < 0.5 * error(stft.griffin_lim(target, random_phase,
+                                                                                                 8000, 0))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes(toy_dataset, tmp_path):
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+    proc = ok(cli("fit", CONFIG, *small(toy_dataset, tmp_path, *ddp)))
+    folder = Path(proc.stdout.strip().splitlines()[-1])
+    ckpt = torch.load(folder / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert len(ckpt["optimizer_states"]) == 2 and ckpt["global_step"] == 12
+    assert {"d_a.scales.0.0.weight", "d_c.scales.0.0.weight"} <= set(ckpt["state_dict"])
+    ok(cli("test", str(folder), *ddp))
+    results = json.loads((folder / "results.json").read_text())
+    assert len(results["clips"]) == 9 and results["paper_table"]["rows"][0][0] == "MaskNet"
