@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, load_config
+from .config import ConfigError, identity, load_config
 from .data.datamodule import SeparationDataModule
 from .data.shards import DatasetError, DatasetInfo
 from .methods import METHODS, SCHEMAS
@@ -39,7 +39,19 @@ def load(config: str | Path, overrides: list[str]) -> DictConfig:
     METHODS[cfg.method].resolve_config(cfg)
     if o.schedule == "cosine" and o.schedule_steps is None:
         o.schedule_steps = cfg.trainer.max_steps  # written into the config, so the run's identity includes it
+    if cfg.method == "weaksep" and cfg.weaksep.classifier_checkpoint is None:
+        cfg.weaksep.classifier_checkpoint = str(classifier_run(cfg) / "checkpoints" / "last.ckpt")
     return cfg
+
+
+def classifier_run(cfg: DictConfig) -> Path:
+    """The run folder of the classifier a WeakSep config names (``weaksep.classifier_config``), trained on the
+    same data under the same run root: runs are found by their config's identity."""
+    classifier = load(cfg.weaksep.classifier_config, [f"data.root={cfg.data.root}", f"run.root={cfg.run.root}"])
+    if classifier.method != "classifier":
+        raise ConfigError(f"weaksep.classifier_config={cfg.weaksep.classifier_config}: method {classifier.method!r}, "
+                          "not a classifier experiment")
+    return Path(cfg.run.root) / classifier.experiment / identity(classifier)
 
 
 def make_trainer(cfg: DictConfig, folder: Path, loggers, callbacks, for_fit: bool) -> pl.Trainer:

@@ -57,6 +57,9 @@ def table(results: dict[str, Any]) -> str:
     lines = [title, head, "-" * len(head)]
     for stem, how, values in rows(results):
         lines.append(f"{stem:<14}{how:<8}" + "".join(f"{v:>9}" for v in values))
+    if results.get("classifier"):
+        c = results["classifier"]
+        lines.append(f"clip-level tagging: mAP {_fmt(c['map'])}, F1 {_fmt(c['f1'])} (per class in results.md)")
     return "\n".join(lines)
 
 
@@ -73,6 +76,17 @@ def markdown(results: dict[str, Any]) -> str:
                   "|---|---|" + "---:|" * len(metrics)]
         for stem, how, values in rows(baseline):
             lines.append(f"| {stem} | {how} | " + " | ".join(values) + " |")
+    if results.get("classifier"):
+        c = results["classifier"]
+        lines += ["", f"Clip-level tagging: mAP {_fmt(c['map'])}, F1 {_fmt(c['f1'])}", "",
+                  "| class | AP | F1 | clips |", "|---|---:|---:|---:|"]
+        for name, v in c["per_class"].items():
+            lines.append(f"| {name} | {_fmt(v['ap'])} | {_fmt(v['f1'])} | {v['clips']} |")
+    if results.get("by_events"):
+        lines += ["", "SI-SDRi of the present classes' outputs by the number of events in the clip:", "",
+                  "| events | SI-SDRi | outputs |", "|---:|---:|---:|"]
+        for n, v in results["by_events"].items():
+            lines.append(f"| {n} | {_fmt(v['si_sdri'])} | {v['outputs']} |")
     if results.get("paper_table"):
         paper = results["paper_table"]
         lines += ["", paper["title"], "", "| " + " | ".join(paper["columns"]) + " |",

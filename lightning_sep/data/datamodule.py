@@ -8,14 +8,16 @@ Every pool is drawn independently (its own shuffled stream), so ``observed`` and
 unpaired, as the semi-supervised methods require. ``T`` is ``segment_seconds`` at the dataset's rate: a
 random crop (only that span is decoded; clips shorter than that are zero-padded at the end), with one
 random gain per clip applied to all its stems, so ``mix == sum(stems)`` still holds. ``labels`` (multi-hot
-over ``dataset.json``'s classes) is present when the dataset has classes. Workers decode the crops straight to
-float32 and apply the gain there, so the training process receives finished waveforms and spends no time on them
-(converting int16 in the training process cost more than the transfer it saved: it competes with the model for
-the same cores on CPU, and the bytes are negligible next to a GPU step).
+over ``dataset.json``'s classes) is present when the dataset has classes, and so is ``activity`` (B, C, L): which
+class sounds in each ``1 / LABEL_RATE`` s frame of the crop, from the clip's ``events`` (all zeros without them).
+Workers decode the crops straight to float32 and apply the gain there, so the training process receives finished
+waveforms and spends no time on them (converting int16 in the training process cost more than the transfer it
+saved: it competes with the model for the same cores on CPU, and the bytes are negligible next to a GPU step).
 
 Evaluation batches (``val_dataloader``/``test_dataloader``) hold one whole clip each, flat::
 
-    {"key": [clip_id], "mix": (1, T), <each stem>: (1, T), "labels": (1, C)}
+    {"key": [clip_id], "meta": [clip json], "mix": (1, T), <each stem>: (1, T), "labels": (1, C),
+     "activity": (1, C, L)}
 
 Image datasets (``dataset.json`` ``modality: "image"``, stems of ``image_shape`` ``(H, W)``) go through the
 same loaders: every stem is a float32 ``(H, W)`` intensity image, batched to ``(B, H, W)`` for training and
@@ -85,6 +87,27 @@ def _worker() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
+LABEL_RATE = 100  # frames per second of the ``activity`` targets (10 ms frames)
+
+
+def label_frames(n_samples: int, sample_rate: int) -> int:
+    """Activity frames covering ``n_samples``."""
+    return -(-n_samples * LABEL_RATE // sample_rate)
+
+
+def _activity(meta: dict[str, Any], classes: list[str], start_s: float, n_frames: int, where: str) -> np.ndarray:
+    """(C, n_frames) 0/1: class c sounds in frame n of the span starting at ``start_s``, from ``events``
+    ([[label, onset_s, offset_s], ...]); a frame counts as active when an event overlaps it at all."""
+    out = np.zeros((len(classes), n_frames), dtype=np.float32)
+    for label, onset, offset in meta.get("events", []):
+        if label not in classes:
+            raise DatasetError(f"{where}: event label {label!r} is not among the dataset's classes {classes}")
+        first = max(0, int(np.floor((onset - start_s) * LABEL_RATE)))
+        last = min(n_frames, int(np.ceil((offset - start_s) * LABEL_RATE)))
+        out[classes.index(label), first:last] = 1.0
+    return out
+
+
 def _labels(meta: dict[str, Any], classes: list[str], where: str) -> np.ndarray:
     out = np.zeros(len(classes), dtype=np.float32)
     for label in meta.get("labels", []):
@@ -124,8 +147,11 @@ class TrainStream(IterableDataset):
         if self.image_shape is not None:
             return self._image_example(raw, rng)
 
+        starts = []
+
         def crop(n: int) -> tuple[int, int]:
-            return rng.randint(0, max(0, n - self.segment)), self.segment
+            starts.append(rng.randint(0, max(0, n - self.segment)))
+            return starts[0], self.segment
 
         clip = decode_sample(raw, self.rate, self.stems, crop=crop)
         gain = np.float32(10 ** (rng.uniform(*self.gain_db) / 20))
@@ -138,6 +164,8 @@ class TrainStream(IterableDataset):
             out[stem] = torch.from_numpy(piece)
         if self.classes:
             out["labels"] = torch.from_numpy(_labels(clip["meta"], self.classes, self.where))
+            out["activity"] = torch.from_numpy(_activity(clip["meta"], self.classes, starts[0] / self.rate,
+                                                         label_frames(self.segment, self.rate), self.where))
         return out
 
     def _image_example(self, raw: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
@@ -222,10 +250,14 @@ class EvalClips(IterableDataset):
                 if not mine:
                     continue  # skipped before decoding: other ranks and workers own it
                 clip = decode_sample(raw, self.rate, self.stems, image_shape=self.image_shape)
-                out: dict[str, Any] = {"key": [clip["key"]]}
+                out: dict[str, Any] = {"key": [clip["key"]], "meta": [clip["meta"]]}
                 out.update({s: torch.from_numpy(clip[s])[None] for s in self.stems})
                 if self.classes:
                     out["labels"] = torch.from_numpy(_labels(clip["meta"], self.classes, url))[None]
+                    if self.image_shape is None:
+                        frames = label_frames(out["mix"].shape[-1], self.rate) if "mix" in out else 0
+                        activity = _activity(clip["meta"], self.classes, 0.0, frames, url)
+                        out["activity"] = torch.from_numpy(activity)[None]
                 yield out
 
 

@@ -41,14 +41,17 @@ class MaskUNet(nn.Module):
 
     ``forward`` takes (B, F, N) log magnitudes and returns (B, K, F, N) masks that sum to one over K
     (a softmax; with K = 2 this is a sigmoid mask and its complement), so masked estimates always add
-    up to the mixture. Any F and N work: the input is padded to a multiple of 2**depth and cropped back;
-    an odd top bin (F = 2**depth * n + 1, e.g. the Nyquist bin of n_fft = 256) shares its neighbour's mask
-    instead of padding a whole block of empty bins.
+    up to the mixture (or, with ``activation="sigmoid"``, K independent masks). Any F and N work: the input is
+    padded to a multiple of 2**depth and cropped back; an odd top bin (F = 2**depth * n + 1, e.g. the Nyquist bin
+    of n_fft = 256) shares its neighbour's mask instead of padding a whole block of empty bins.
     """
 
-    def __init__(self, n_sources: int, cfg: UNetConfig):
+    def __init__(self, n_sources: int, cfg: UNetConfig, activation: str = "softmax"):
+        """``activation``: softmax (masks sum to one) or sigmoid (each mask free in [0, 1])."""
         super().__init__()
-        self.n_sources, self.cfg = n_sources, cfg
+        if activation not in ("softmax", "sigmoid"):
+            raise ValueError(f"mask activation {activation!r} is not one of 'softmax', 'sigmoid'")
+        self.n_sources, self.cfg, self.activation = n_sources, cfg, activation
         top = cfg.top_channels or cfg.channels
         widths = [min(cfg.channels * 2**i, cfg.max_channels) for i in range(cfg.depth)]
         self.norm = nn.BatchNorm2d(1)
@@ -95,4 +98,6 @@ class MaskUNet(nn.Module):
         logits = logits[..., :height, :n_frames]
         if height < n_freq:
             logits = torch.cat([logits, logits[:, :, -1:]], dim=2)
+        if self.activation == "sigmoid":
+            return torch.sigmoid(logits.float())
         return torch.softmax(logits.float(), dim=1)

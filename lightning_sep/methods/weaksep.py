@@ -1,0 +1,177 @@
+"""WeakSep: learning to separate sound events from weak labels (Pishdadian, Wichern & Le Roux, TASLP 2020).
+
+No isolated source is ever seen in training, only which classes a mixture holds (clip-level labels) or when each is
+active (frame-level labels). The separator gives one mask per class; a sound-event classifier, trained first on the
+same weak labels (``lightning-sep fit experiments/weaksep/classifier_*.yaml``) and then frozen, assesses each output:
+
+- **classification loss**: output k of a mixture that holds class k must be classified as class k and as none of
+  the other classes (binary cross-entropy against the one-hot target of k). With clip-level labels this is asked of
+  the clip probability; with frame-level labels of the frame probabilities, in the frames where class k is active;
+- **silence loss**: an output whose class is absent (from the clip, or from the frame with frame-level labels)
+  must be silent: its masked magnitude, relative to the mixture's;
+- **mixture consistency**: the outputs sum to the mixture. With ``weaksep.mask: softmax`` the masks sum to one in
+  every bin, so the outputs add up to the mixture by construction; with ``sigmoid`` masks it is a loss term instead.
+
+The authors published no code: every choice (assessing magnitudes rather than re-analysed waveforms, the silence
+term's form, the weights) is ours and is a config key. The classifier's weights are loaded from its checkpoint,
+kept frozen and in eval mode (its batch-norm statistics do not move), and stored in this run's checkpoints too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import ConfigError, ExperimentConfig
+from ..data.datamodule import PoolSpec
+from ..data.shards import DatasetInfo
+from ..nets.classifier import ClassifierConfig, SoundEventClassifier, pool
+from ..nets.unet import MaskUNet
+from .base import SeparationModule
+from .classifier import activity_at
+
+
+@dataclass
+class WeakSepWeights:
+    """Weight of each loss term."""
+
+    classification: float = 1.0  # the frozen classifier's verdict on each output of a present class
+    silence: float = 1.0  # outputs of absent classes must be silent
+    consistency: float = 1.0  # with sigmoid masks only: L1 between the sum of the outputs and the mixture (magnitudes)
+
+
+@dataclass
+class WeakSepParams:
+    """WeakSep options."""
+
+    classifier_config: str = "experiments/weaksep/classifier_demo_urban.yaml"  # the frozen assessor: the `classifier`
+    #   experiment whose run (under this run.root, on this data.root) provides the checkpoint
+    classifier_checkpoint: str | None = None  # or that checkpoint given directly (None: found from classifier_config)
+    labels: str = "clip"  # clip: clip-level labels; frame: frame-level activity (from the clips' events)
+    mask: str = "softmax"  # softmax: masks sum to one (mixture consistency exact); sigmoid: free masks + loss term
+    weights: WeakSepWeights = field(default_factory=WeakSepWeights)
+
+
+@dataclass
+class WeakSepConfig(ExperimentConfig):
+    weaksep: WeakSepParams = field(default_factory=WeakSepParams)
+
+
+def load_classifier(path: str | Path, classes: list[str], sample_rate: int, n_fft: int) -> SoundEventClassifier:
+    """The classifier of a `classifier` run's checkpoint, frozen; an error if it was trained on other classes or
+    with another STFT."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"weaksep.classifier_checkpoint={str(path)!r}: no such file; train the classifier first "
+                          "(lightning-sep fit experiments/weaksep/classifier_demo_urban.yaml with the same data.root "
+                          "and run.root), or give its checkpoints/last.ckpt as weaksep.classifier_checkpoint")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    hparams = ckpt.get("hyper_parameters", {})
+    config, dataset = hparams.get("config", {}), hparams.get("dataset", {})
+    if config.get("method") != "classifier":
+        raise ConfigError(f"{path}: not a classifier checkpoint (method {config.get('method')!r})")
+    if list(dataset.get("classes", [])) != classes:
+        raise ConfigError(f"{path}: the classifier knows classes {dataset.get('classes')}, this dataset {classes}")
+    if config["stft"]["n_fft"] != n_fft or dataset.get("sample_rate") != sample_rate:
+        raise ConfigError(f"{path}: the classifier was trained at {dataset.get('sample_rate')} Hz with n_fft "
+                          f"{config['stft']['n_fft']}; this run uses {sample_rate} Hz and n_fft {n_fft}: "
+                          "use the same stft section and dataset")
+    net = SoundEventClassifier(len(classes), ClassifierConfig(**config["classifier"]), sample_rate, n_fft)
+    prefix = "net."
+    net.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    return net.requires_grad_(False).eval()
+
+
+class WeakSep(SeparationModule):
+    name = "weaksep"
+    Config = WeakSepConfig
+
+    def __init__(self, config: dict, dataset: dict):
+        super().__init__(config, dataset)
+        self.classes: list[str] = list(dataset["classes"])
+        if not self.classes or self.stems[: len(self.classes)] != self.classes:
+            raise ConfigError(f"weaksep needs a dataset whose stems are its classes (one stem per class); "
+                              f"dataset.json has stems {self.stems}, classes {self.classes}")
+        w = self.cfg.weaksep
+        self.net = MaskUNet(len(self.classes), self.cfg.net, activation=w.mask)
+        self.average_weights()
+        self.assessor = load_classifier(w.classifier_checkpoint, self.classes, self.sample_rate, self.cfg.stft.n_fft)
+
+    @classmethod
+    def resolve_config(cls, cfg) -> None:
+        w = cfg.weaksep
+        if w.labels not in ("clip", "frame"):
+            raise ConfigError(f"weaksep.labels={w.labels!r} is not one of 'clip', 'frame'")
+        if w.mask not in ("softmax", "sigmoid"):
+            raise ConfigError(f"weaksep.mask={w.mask!r} is not one of 'softmax', 'sigmoid'")
+
+    @classmethod
+    def train_pools(cls, info: DatasetInfo) -> dict[str, PoolSpec]:
+        return {"mixtures": PoolSpec("train", "mixtures", ["mix"])}
+
+    @classmethod
+    def forbidden_stems(cls, info: DatasetInfo) -> tuple[str, ...]:
+        return tuple(info.stems)  # no isolated source, ever
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.assessor.eval()  # frozen: its batch-norm statistics must not follow the separator's outputs
+        return self
+
+    # ------------------------------------------------------------------ the losses
+    def training_losses(self, batch: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
+        clips, w = batch["mixtures"], self.cfg.weaksep
+        spec = self.front_end(clips["mix"])
+        mixture = spec.abs()
+        masks = self.masks(clips["mix"], spec)  # (B, K, F, N), one per class
+        outputs = masks * mixture.unsqueeze(1)
+        b, k, n_freq, n_frames = outputs.shape
+        _, frame_p = self.assessor(outputs.reshape(b * k, n_freq, n_frames))
+        frame_p = frame_p.view(b, k, k, -1)  # (mixture, output, class, frame)
+        one_hot = torch.eye(k, device=outputs.device).view(1, k, k, 1)
+        if w.labels == "clip":
+            present = clips["labels"]  # (B, K)
+            clip_p = pool(frame_p.flatten(0, 1), self.cfg_pooling).view(b, k, k)
+            bce = F.binary_cross_entropy(clip_p, one_hot[..., 0].expand(b, k, k), reduction="none").mean(-1)
+            classification = (bce * present).sum() / present.sum().clamp_min(1)
+            silent = (1 - present)[..., None, None]  # (B, K, 1, 1): the whole output
+        else:
+            active = activity_at(clips["activity"], n_frames, self.cfg.stft.hop_length, self.sample_rate)  # (B,K,N)
+            bce = F.binary_cross_entropy(frame_p, one_hot.expand(b, k, k, n_frames), reduction="none").mean(2)
+            classification = (bce * active).sum() / active.sum().clamp_min(1)
+            silent = (1 - active)[:, :, None, :]  # (B, K, 1, N): the frames where the class is inactive
+        silence = (outputs * silent).sum() / (mixture.unsqueeze(1) * silent).sum().clamp_min(1e-8)
+        losses = {"classification": classification, "silence": silence}
+        if w.mask == "sigmoid":
+            losses["consistency"] = F.l1_loss(outputs.sum(1), mixture) / mixture.mean().clamp_min(1e-8)
+        losses["loss"] = sum(w.weights[name] * value for name, value in losses.items())
+        return losses
+
+    @property
+    def cfg_pooling(self) -> str:
+        return self.assessor.cfg.pooling
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        super().test_step(batch, batch_idx)
+        meta = batch["meta"][0]
+        present = [c for c in self.classes if c in meta.get("labels", [])]
+        self.test_rows[-1].update(present=present, n_events=meta.get("n_events", len(present)))
+
+    def extra_results(self, folder) -> dict[str, Any]:
+        return {"labels": self.cfg.weaksep.labels, "classifier_checkpoint": self.cfg.weaksep.classifier_checkpoint,
+                "by_events": by_events(self.test_results["clips"])}
+
+
+def by_events(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean SI-SDRi of the present classes' outputs, by the number of events in the clip (the overlap)."""
+    out: dict[str, list[float]] = {}
+    for row in rows:
+        for c in row.get("present", []):
+            value = row[c].get("si_sdri")
+            if value is not None and value == value:  # NaN: silent reference
+                out.setdefault(str(row["n_events"]), []).append(value)
+    return {n: {"si_sdri": sum(v) / len(v), "outputs": len(v)} for n, v in sorted(out.items())}

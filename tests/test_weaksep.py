@@ -1,0 +1,149 @@
+"""The weak-label classifier and WeakSep end to end on a small synthetic event dataset (tests/weak_fakes.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, cli
+from omegaconf import OmegaConf
+from test_runs import ok
+from weak_fakes import CLASSES, build_weak_dataset
+
+from lightning_sep import experiment
+from lightning_sep.config import ConfigError
+from lightning_sep.data.datamodule import DataConfig, PoolSpec, SeparationDataModule
+from lightning_sep.data.shards import DatasetInfo
+from lightning_sep.methods.weaksep import WeakSep
+
+CLASSIFIER = "experiments/weaksep/classifier_demo_urban.yaml"
+CLIP, FRAME = "experiments/weaksep/demo_urban_clip.yaml", "experiments/weaksep/demo_urban_frame.yaml"
+
+
+def small(root: Path, runs: Path, *extra: str) -> list[str]:
+    return [f"data.root={root}", f"run.root={runs}", "data.segment_seconds=1.0", "data.batch_size=4",
+            "data.num_workers=1", "stft.n_fft=256", "stft.win_length=256", "stft.hop_length=64",
+            "trainer.checkpoint_every_n_steps=10", "trainer.progress_bar=false", "trainer.precision=32-true",
+            "trainer.log_every_n_steps=1", "eval.examples=1", "logging.wandb=false", *extra]
+
+
+def separator(root: Path, runs: Path, *extra: str) -> list[str]:
+    return small(root, runs, "net.depth=2", "net.channels=8", "net.top_channels=0", "trainer.max_steps=6",
+                 "trainer.val_every_n_steps=3", *extra)
+
+
+def frozen(classifier_run: Path) -> str:
+    """The classifier trained here (its config differs from classifier_demo_urban.yaml's, so it is named directly)."""
+    return f"weaksep.classifier_checkpoint={classifier_run / 'checkpoints/last.ckpt'}"
+
+
+@pytest.fixture(scope="module")
+def weak_dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("weak") / "toy-events"
+    build_weak_dataset(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("weak-runs")
+
+
+@pytest.fixture(scope="module")
+def classifier_run(weak_dataset, runs) -> Path:
+    proc = ok(cli("fit", CLASSIFIER, *small(weak_dataset, runs, "classifier.channels=8", "classifier.n_mels=32",
+                                             "classifier.blocks=2", "trainer.max_steps=150",
+                                             "trainer.val_every_n_steps=75", "optim.lr=0.003")))
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def test_training_batches_carry_labels_and_frame_activity(weak_dataset):
+    data = SeparationDataModule(DataConfig(root=str(weak_dataset), segment_seconds=1.0, batch_size=4, num_workers=0),
+                                {"mixtures": PoolSpec("train", "mixtures", ["mix"])}, forbidden=tuple(CLASSES))
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))["mixtures"]
+    assert set(batch) == {"mix", "labels", "activity"}  # no isolated stem ever reaches a WeakSep batch
+    assert batch["activity"].shape == (4, 3, 100)  # 10 ms frames of the 1 s crop
+    # a class is active somewhere in the crop exactly when the clip's labels name it (crop = whole clip)
+    assert torch.equal(batch["activity"].amax(-1), batch["labels"])
+
+
+def test_classifier_reports_map_on_the_test_split(classifier_run):
+    ok(cli("test", str(classifier_run)))
+    results = json.loads((classifier_run / "results.json").read_text())
+    c = results["classifier"]
+    assert set(c["per_class"]) == set(CLASSES) and len(results["clips"]) == 9
+    assert c["map"] == pytest.approx(sum(v["ap"] for v in c["per_class"].values()) / 3)
+    assert c["map"] > 0.8, c  # three easy synthetic classes
+    assert "Clip-level tagging: mAP" in (classifier_run / "results.md").read_text()
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.parametrize("config", [CLIP, FRAME])
+def test_weaksep_trains_with_the_classifier_frozen(weak_dataset, runs, classifier_run, config):
+    proc = ok(cli("fit", config, *separator(weak_dataset, runs, frozen(classifier_run))))
+    folder = Path(proc.stdout.strip().splitlines()[-1])
+    assessor = {k[len("assessor."):]: v for k, v in _state(folder / "checkpoints/last.ckpt").items()
+                if k.startswith("assessor.")}
+    trained = {k[len("net."):]: v for k, v in _state(classifier_run / "checkpoints/last.ckpt").items()
+               if k.startswith("net.")}
+    assert assessor.keys() == trained.keys() and any("running_mean" in k for k in assessor)
+    assert all(torch.equal(assessor[k], trained[k]) for k in trained)  # weights and batch-norm statistics
+    metrics = (next((folder / "csv").rglob("metrics.csv"))).read_text().splitlines()[0]
+    assert "train/classification" in metrics and "train/silence" in metrics
+    ok(cli("test", str(folder)))
+    results = json.loads((folder / "results.json").read_text())
+    assert set(results["summary"]) == set(CLASSES) and results["by_events"]
+    assert results["labels"] == ("clip" if config == CLIP else "frame")
+
+
+def test_outputs_sum_to_the_mixture(weak_dataset, runs, classifier_run):
+    cfg = experiment.load(REPO / CLIP, separator(weak_dataset, runs, frozen(classifier_run)))
+    module = WeakSep(OmegaConf.to_container(cfg), experiment.dataset_summary(DatasetInfo.load(weak_dataset))).eval()
+    torch.manual_seed(0)
+    mix = 0.1 * torch.randn(2, 8000)
+    estimates = module.separate(mix)
+    assert estimates.shape == (2, 3, 8000)
+    assert ((estimates.sum(1) - mix).norm() / mix.norm()).item() < 1e-4
+
+
+def test_missing_classifier_is_a_clear_error(weak_dataset, tmp_path):
+    proc = cli("fit", CLIP, *separator(weak_dataset, tmp_path))
+    assert proc.returncode == 2
+    assert "no such file; train the classifier first" in proc.stderr
+
+
+def test_unknown_label_ends_with_a_clear_error(tmp_path):
+    root = tmp_path / "bad-labels"
+    build_weak_dataset(root, bad_label="helicopter")
+    proc = cli("fit", CLASSIFIER, *small(root, tmp_path / "runs", "classifier.channels=4", "classifier.blocks=1",
+                                         "trainer.max_steps=20", "data.num_workers=0"))
+    assert proc.returncode != 0
+    assert "label 'helicopter' is not among the dataset's classes ['tone', 'noise', 'click']" in proc.stderr
+    assert "train/mixtures" in proc.stderr
+
+
+def test_classifier_from_another_dataset_is_refused(weak_dataset, classifier_run, tmp_path):
+    other = tmp_path / "other"
+    build_weak_dataset(other, seed=1)
+    info = json.loads((other / "dataset.json").read_text())
+    info["classes"] = info["stems"] = ["tone", "noise", "hum"]
+    (other / "dataset.json").write_text(json.dumps(info))
+    cfg = experiment.load(REPO / CLIP, separator(other, tmp_path, frozen(classifier_run)))
+    with pytest.raises(ConfigError, match=r"the classifier knows classes \['tone', 'noise', 'click'\]"):
+        WeakSep(OmegaConf.to_container(cfg), experiment.dataset_summary(DatasetInfo.load(other)))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes(weak_dataset, runs, classifier_run, tmp_path):
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+    out = tmp_path / "ddp"
+    proc = ok(cli("fit", FRAME, *separator(weak_dataset, out, frozen(classifier_run), *ddp)))
+    folder = Path(proc.stdout.strip().splitlines()[-1])
+    ok(cli("test", str(folder), *ddp))
+    results = json.loads((folder / "results.json").read_text())
+    assert len(results["clips"]) == 9 and set(results["summary"]) == set(CLASSES)
