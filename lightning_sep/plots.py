@@ -22,8 +22,9 @@ def write_example(folder: Path, key: str, waves: dict[str, np.ndarray], sample_r
     fig, axes = plt.subplots(len(waves), 1, figsize=(8, 1.6 * len(waves)), sharex=True, squeeze=False)
     duration = len(next(iter(waves.values()))) / sample_rate
     for ax, (name, wave) in zip(axes[:, 0], waves.items(), strict=True):
+        device = next(stft.buffers()).device  # the front end may live on a GPU
         with torch.no_grad():
-            db = 20 * torch.log10(stft(torch.from_numpy(wave)[None]).abs()[0] + 1e-5).numpy()
+            db = 20 * torch.log10(stft(torch.from_numpy(wave)[None].to(device)).abs()[0] + 1e-5).cpu().numpy()
         ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=db.max() - 80, vmax=db.max(),
                   extent=(0, duration, 0, sample_rate / 2000))
         ax.set_ylabel("kHz")

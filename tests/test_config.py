@@ -85,12 +85,15 @@ def test_every_schema_key_is_documented():
             assert "#" in line, f"{type(sub).__name__}.{field.name} has no comment saying what it does"
 
 
-EXPERIMENTS = sorted(p for p in (REPO / "experiments").glob("*/*.yaml") if p.parent.name != "sweeps")
+EXPERIMENTS = sorted(p for p in (REPO / "experiments").rglob("*.yaml") if "sweeps" not in p.parts)
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(REPO / "experiments")))
 def test_every_experiment_yaml_loads_against_its_schema(path):
     from lightning_sep.experiment import load
 
     cfg = load(path, ["data.root=unused"])
-    assert cfg.method == path.parent.name and cfg.experiment
+    folder = path.relative_to(REPO / "experiments").parts[0]
+    # experiments/<method>/...; WeakSep's folder also holds the classifier it needs
+    assert cfg.method == folder or (folder, cfg.method) == ("weaksep", "classifier")
+    assert cfg.experiment

@@ -52,6 +52,11 @@ def test_outer_iterations_write_estimate_pools_and_history(toy_dataset, nes_run)
     assert [(h["iteration"], h["step"]) for h in history] == [(1, 10), (2, 20), (3, 30)]
     assert all(set(h["valid"]) == {"si_sdr", "si_sdri"} for h in history)
     assert (nes_run / "nes" / "iterations.png").stat().st_size > 0
+    # the same validation clip's Y, X̂_K and true X at every iteration (K = 0: c·Y)
+    shown = [sorted(p.name for p in (nes_run / "nes" / "estimates" / f"iteration-{k}").iterdir()) for k in range(4)]
+    assert shown[0] == shown[3] and len([n for n in shown[0] if n.endswith(".png")]) == 1
+    assert {n.split("_", 1)[1] for n in shown[0] if n.endswith(".flac")} == {"mix.flac", "estimate.flac",
+                                                                              "reference.flac"}
     mixtures = sorted(keys_of(toy_dataset, "train", "mixtures"))
     for k in range(3):  # X̂_0 (= c·Y), X̂_1, X̂_2: every training mixture once; the last iteration's is never needed
         assert sorted(keys_of(nes_run / "nes" / f"estimates-{k}", "train", "estimates")) == mixtures

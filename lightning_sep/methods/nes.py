@@ -196,6 +196,8 @@ class NESIterations(pl.Callback):
                     "restore it or start the run over with resume=false"
                 )
             self.reestimate(trainer, module, 0)
+            if trainer.is_global_zero:
+                self.show_estimates(trainer, module, 0)
         self.use_pool(trainer, module, self.iteration - 1)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: NES) -> None:
@@ -218,6 +220,7 @@ class NESIterations(pl.Callback):
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / "iterations.json").write_text(json.dumps(self.history, indent=1) + "\n")
             self.plot(module)
+            self.show_estimates(trainer, module, k)
         if not last:
             self.use_pool(trainer, module, k)
             self.iteration = k + 1
@@ -270,6 +273,31 @@ class NESIterations(pl.Callback):
             (part / "dataset.json").write_text(json.dumps(index.to_json(), indent=2) + "\n")
             os.replace(part, out)
         trainer.strategy.barrier("nes-reestimate-done")
+
+    @torch.no_grad()
+    def show_estimates(self, trainer: pl.Trainer, module: NES, k: int) -> None:
+        """``estimates/iteration-K/<clip>.png`` (and audio): mixture Y, the estimate X̂_K the re-estimation rule
+        gives (X̂₀ = c·Y for K = 0) and the true X, for the first ``eval.examples`` validation clips, the same
+        clips at every iteration: how the estimates evolve, side by side (rank 0)."""
+        from ..plots import write_example, write_image_example
+
+        info = trainer.datamodule.info
+        clips = EvalClips(info, module.cfg.data.valid_split, module.cfg.eval.examples, 0, 1,
+                          stems=["mix", module.unobserved])
+        folder = self.folder / "estimates" / f"iteration-{k}"
+        was_training = module.training
+        module.eval()
+        for clip in clips:
+            mix = clip["mix"].to(module.device)
+            x_hat = mix * module.cfg.nes.init_scale if k == 0 else module.estimate_unobserved(mix)
+            arrays = {"mix": mix[0], "estimate": x_hat[0], "reference": clip[module.unobserved][0]}
+            arrays = {name: a.float().cpu().numpy() for name, a in arrays.items()}
+            key = clip["key"][0]
+            if module.is_image:
+                write_image_example(folder, key, arrays)
+            else:
+                write_example(folder, key, arrays, module.sample_rate, module.front_end)
+        module.train(was_training)
 
     def plot(self, module: NES) -> None:
         from ..plots import plot_curve
