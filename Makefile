@@ -8,7 +8,7 @@ DEMO_DEB_PACKAGES := asterisk-core-sounds-en-wav openttd-opensfx simutrans-pak64
 DEB_PACKAGES := $(DEMO_DEB_PACKAGES) libfluidsynth3 timgm6mb-soundfont ffmpeg
 PYTEST_ARGS ?=
 
-.PHONY: install debian debian-demo demo test test-fast bench lint constraints clean
+.PHONY: install debian debian-demo demo demo-masknet test test-fast bench lint constraints clean
 
 install: $(VENV)/.installed debian
 
@@ -35,6 +35,10 @@ endef
 
 demo: $(VENV)/.installed debian-demo
 	$(BIN)/lightning-sep demo
+
+# the music methods on demo-chorales: the supervised bound, NES and MaskNet side by side (CPU: about an hour)
+demo-masknet: $(VENV)/.installed debian
+	$(BIN)/lightning-sep demo --suite chorales
 
 # fast tests and the slow (end-to-end) tier
 test: install

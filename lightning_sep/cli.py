@@ -115,7 +115,8 @@ def cmd_separate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.data), Path(args.runs), args.overrides, experiments=_experiments_dir())
+    return run_demo(Path(args.data) if args.data else None, Path(args.runs), args.overrides,
+                    experiments=_experiments_dir(), suite=args.suite)
 
 
 # ----------------------------------------------------------------------------- main
@@ -174,10 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="torch device (default cpu)")
     s.set_defaults(func=cmd_separate)
 
+    from .demo import SUITES  # standard library only: --help stays fast
+
     d = sub.add_parser("demo", help="build the demo data, train and test, print the results table",
                        description="The main job: build demo-speech-noise (if not built), train every demo "
-                       "experiment on it, test them and print one table.")
-    d.add_argument("--data", default="data/demo-speech-noise", help="where the demo dataset is (or is built)")
+                       "experiment on it, test them and print one table. --suite chorales does the same for the "
+                       "music methods on demo-chorales (supervised bound, NES, MaskNet).")
+    d.add_argument("--suite", choices=sorted(SUITES), default="speech",
+                   help="speech (default: supervised + NES on demo-speech-noise) or chorales")
+    d.add_argument("--data", default=None, help="where the demo dataset is (or is built); default data/<recipe>")
     d.add_argument("--runs", default="runs", help="runs root")
     d.add_argument("overrides", nargs="*", default=[], help="key=value overrides applied to every demo experiment")
     d.set_defaults(func=cmd_demo)

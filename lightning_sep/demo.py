@@ -1,30 +1,51 @@
-"""The main job: build the demo dataset, train each demo experiment on it, test, print one table."""
+"""The demos: build a demo dataset, train each of its experiments on it, test, print one table.
+
+``speech`` is the main job (`make demo`); ``chorales`` compares the music methods (`make demo-masknet`).
+"""
 from __future__ import annotations
 
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-# (label in the table, experiment YAML under experiments/); methods add their demo here as they arrive
-DEMO_EXPERIMENTS = [
-    ("supervised (upper bound)", "supervised/demo_speech_noise.yaml"),
-    ("NES (final iteration)", "nes/demo_speech_noise.yaml"),
-]
+
+@dataclass(frozen=True)
+class Suite:
+    recipe: str  # the demo dataset it builds
+    target: str  # the stem the table reports (the unobserved one)
+    experiments: tuple[tuple[str, str], ...]  # (label in the table, experiment YAML under experiments/); bound first
+
+
+# methods add their demo here as they arrive
+SUITES = {
+    "speech": Suite("demo-speech-noise", "speech", (
+        ("supervised (upper bound)", "supervised/demo_speech_noise.yaml"),
+        ("NES (final iteration)", "nes/demo_speech_noise.yaml"),
+    )),
+    "chorales": Suite("demo-chorales", "vocals", (
+        ("supervised (upper bound)", "supervised/demo_chorales.yaml"),
+        ("NES (final iteration)", "nes/demo_chorales.yaml"),
+        ("MaskNet", "masknet/demo_chorales.yaml"),
+    )),
+}
 BASELINE_LABELS = {"iteration_0": "NES iteration 0 (X̂₀ = c·Y)"}
 
 
-def run_demo(data: Path, runs: Path, overrides: list[str], experiments: Path) -> int:
+def run_demo(data: Path | None, runs: Path, overrides: list[str], experiments: Path, suite: str = "speech") -> int:
     from .data.recipes import get_recipe, options_from
     from .experiment import fit, load, test
 
     start = time.time()
-    recipe = get_recipe("demo-speech-noise")
+    chosen = SUITES[suite]
+    data = data or Path("data") / chosen.recipe
+    recipe = get_recipe(chosen.recipe)
     stale = _stale_reason(data, recipe.VERSION)
     if stale:
-        print(f"building demo-speech-noise into {data} ({stale}) ...", flush=True)
+        print(f"building {chosen.recipe} into {data} ({stale}) ...", flush=True)
         recipe.build(data, options_from(recipe, [], seed=0), progress=True)
     rows = []
-    for label, yaml in DEMO_EXPERIMENTS:
+    for label, yaml in chosen.experiments:
         cfg = load(str(experiments / yaml), [f"data.root={data}", f"run.root={runs}", *overrides])
         print(f"\n== {label}: {yaml}", flush=True)
         t0 = time.time()
@@ -33,7 +54,7 @@ def run_demo(data: Path, runs: Path, overrides: list[str], experiments: Path) ->
         rows.append((label, folder, results, time.time() - t0))
         for name, baseline in results.get("baselines", {}).items():
             rows.append((BASELINE_LABELS.get(name, name), None, baseline, None))
-    print(summary_table(rows))
+    print(summary_table(rows, chosen.target))
     main_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
     child_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     print(f"\npeak memory: {main_gb:.2f} GB in this process, {child_gb:.2f} GB in the largest loader worker")
@@ -52,7 +73,7 @@ def _stale_reason(data: Path, version: int) -> str | None:
     return None if built == version else f"built by recipe version {built}, this is version {version}"
 
 
-def summary_table(rows) -> str:
+def summary_table(rows, target: str) -> str:
     lines = ["", "Demo results: test split, mean over clips, dB (target stem; input = the mixture itself)",
              f"{'method':<30}{'stem':<9}{'input SI-SDR':>13}{'SI-SDR':>9}{'SI-SDRi':>9}{'of bound':>9}{'SDR':>8}"
              f"{'SIR':>8}{'SAR':>8}{'minutes':>9}"]
@@ -60,7 +81,7 @@ def summary_table(rows) -> str:
     bound = None  # the supervised upper bound's SI-SDRi (the first row)
     for label, _, results, seconds in rows:
         summary = results["summary"]
-        stem = _target_stem(results)
+        stem = target
         m = {k: v["mean"] for k, v in summary[stem].items()}
         bound = m["si_sdri"] if bound is None else bound
         share = f"{100 * m['si_sdri'] / bound:>8.0f}%" if bound > 0 else f"{'-':>9}"
@@ -75,8 +96,3 @@ def summary_table(rows) -> str:
             lines.append(f"{label}: validation SI-SDRi per outer iteration {folder / 'nes' / 'iterations.png'}")
     return "\n".join(lines)
 
-
-def _target_stem(results) -> str:
-    """The stem people care about: the unobserved one of the semi-supervised setting (speech in the demo)."""
-    stems = list(results["summary"])
-    return "speech" if "speech" in stems else stems[0]

@@ -19,7 +19,7 @@ def test_rows_share_of_bound_and_pointers(tmp_path: Path):
     rows = [("supervised (upper bound)", tmp_path / "sup", _results(8.1, 8.4), 300.0),
             ("NES (final iteration)", tmp_path / "nes", nes, 360.0),
             ("NES iteration 0", None, _results(-0.3, 0.0), None)]
-    text = summary_table(rows)
+    text = summary_table(rows, "speech")
     lines = {line.split("  ")[0]: line for line in text.splitlines()}
     assert "100%" in lines["supervised (upper bound)"] and "5.0" in lines["supervised (upper bound)"]
     assert "75%" in lines["NES (final iteration)"]  # 6.3 / 8.4
