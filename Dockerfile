@@ -7,7 +7,7 @@ FROM python:3.11.7-slim-bookworm
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       asterisk-core-sounds-en-wav openttd-opensfx simutrans-pak64 pocketsphinx-testdata espeak-ng \
-      libfluidsynth3 timgm6mb-soundfont ffmpeg make \
+      libfluidsynth3 timgm6mb-soundfont ffmpeg tuxpaint-stamps-default make \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

@@ -3,9 +3,10 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 # Debian packages the recipes read their sounds from (installed when run as root): the speech demo's, then
-# fluidsynth + a soundfont (demo-chorales) and ffmpeg (MUSDB18's .stem.mp4 files; the tests make such files)
+# fluidsynth + a soundfont (demo-chorales), ffmpeg (MUSDB18's .stem.mp4 files; the tests make such files) and the
+# Tux Paint stamps (demo-urban)
 DEMO_DEB_PACKAGES := asterisk-core-sounds-en-wav openttd-opensfx simutrans-pak64 pocketsphinx-testdata espeak-ng
-DEB_PACKAGES := $(DEMO_DEB_PACKAGES) libfluidsynth3 timgm6mb-soundfont ffmpeg
+DEB_PACKAGES := $(DEMO_DEB_PACKAGES) libfluidsynth3 timgm6mb-soundfont ffmpeg tuxpaint-stamps-default
 PYTEST_ARGS ?=
 
 .PHONY: install debian debian-demo demo demo-masknet test test-fast bench lint constraints clean

@@ -60,7 +60,8 @@ def classifier_run(weak_dataset, runs) -> Path:
 
 def test_training_batches_carry_labels_and_frame_activity(weak_dataset):
     data = SeparationDataModule(DataConfig(root=str(weak_dataset), segment_seconds=1.0, batch_size=4, num_workers=0),
-                                {"mixtures": PoolSpec("train", "mixtures", ["mix"])}, forbidden=tuple(CLASSES))
+                                {"mixtures": PoolSpec("train", "mixtures", ["mix"])},
+                                forbidden=(*CLASSES, "background"))
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))["mixtures"]
     assert set(batch) == {"mix", "labels", "activity"}  # no isolated stem ever reaches a WeakSep batch
@@ -131,7 +132,7 @@ def test_classifier_from_another_dataset_is_refused(weak_dataset, classifier_run
     other = tmp_path / "other"
     build_weak_dataset(other, seed=1)
     info = json.loads((other / "dataset.json").read_text())
-    info["classes"] = info["stems"] = ["tone", "noise", "hum"]
+    info["classes"], info["stems"] = ["tone", "noise", "hum"], ["tone", "noise", "hum", "background"]
     (other / "dataset.json").write_text(json.dumps(info))
     cfg = experiment.load(REPO / CLIP, separator(other, tmp_path, frozen(classifier_run)))
     with pytest.raises(ConfigError, match=r"the classifier knows classes \['tone', 'noise', 'click'\]"):

@@ -1,6 +1,7 @@
 """A small weakly labelled dataset written with the real shard writer: three synthetic event classes (a steady
 tone, high-passed noise, a click train), 1-2 events per clip at random onsets, clip labels and events in the
-metadata, one stem per class (silent when absent) where references are allowed. Builds in about a second."""
+metadata, one stem per class (silent when absent) and an unlabelled low `background` stem (not a class) where
+references are allowed. Builds in about a second."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,13 +31,13 @@ def build_weak_dataset(root: Path, seed: int = 0, counts: dict[str, int] | None 
     """``bad_label``: write that label into the first training clip (a class the dataset does not know)."""
     sizes = {"train/mixtures": 40, "train/isolated": 20, "valid/eval": 6, "test/eval": 9, **(counts or {})}
     rng = np.random.default_rng(seed)
-    info = DatasetInfo(name="toy-events", sample_rate=RATE, stems=list(CLASSES), classes=list(CLASSES),
+    info = DatasetInfo(name="toy-events", sample_rate=RATE, stems=[*CLASSES, "background"], classes=list(CLASSES),
                        made_by={"recipe": "tests.weak_fakes", "seed": seed})
     writer = DatasetWriter(root, info, clips_per_shard=10)
     n = RATE
     for where, count in sizes.items():
         split, pool = where.split("/")
-        stems = ["mix"] if pool == "mixtures" else ["mix", *CLASSES]
+        stems = ["mix"] if pool == "mixtures" else ["mix", *CLASSES, "background"]
         with writer.pool(split, pool, stems) as w:
             for i in range(count):
                 present = sorted(rng.choice(len(CLASSES), size=int(rng.integers(1, 3)), replace=False))
@@ -48,7 +49,9 @@ def build_weak_dataset(root: Path, seed: int = 0, counts: dict[str, int] | None 
                     wave[onset:onset + length] = _event(CLASSES[k], rng, length)
                     audio[CLASSES[k]] = to_int16(wave)
                     events.append([CLASSES[k], onset / RATE, (onset + length) / RATE])
-                audio["mix"] = np.sum([audio[c].astype(np.int32) for c in CLASSES], axis=0).astype(np.int16)
+                audio["background"] = to_int16(0.003 * rng.standard_normal(n))
+                parts = [*CLASSES, "background"]
+                audio["mix"] = np.sum([audio[c].astype(np.int32) for c in parts], axis=0).astype(np.int16)
                 labels = [CLASSES[k] for k in present]
                 if bad_label and where == "train/mixtures" and i == 0:
                     labels = [*labels, bad_label]

@@ -91,11 +91,14 @@ class WeakSep(SeparationModule):
     Config = WeakSepConfig
 
     def __init__(self, config: dict, dataset: dict):
-        super().__init__(config, dataset)
-        self.classes: list[str] = list(dataset["classes"])
-        if not self.classes or self.stems[: len(self.classes)] != self.classes:
-            raise ConfigError(f"weaksep needs a dataset whose stems are its classes (one stem per class); "
-                              f"dataset.json has stems {self.stems}, classes {self.classes}")
+        classes = list(dataset.get("classes") or [])
+        if not classes or not set(classes) <= set(dataset["stems"]):
+            raise ConfigError(f"weaksep needs a dataset with one stem per class; dataset.json has stems "
+                              f"{dataset['stems']}, classes {classes}")
+        # one output per class: a stem that is no class (demo-urban's unlabelled background) is not separated; it
+        # is shared among the outputs, which still sum to the mixture
+        super().__init__(config, {**dataset, "stems": classes})
+        self.classes: list[str] = classes
         w = self.cfg.weaksep
         self.net = MaskUNet(len(self.classes), self.cfg.net, activation=w.mask)
         self.average_weights()

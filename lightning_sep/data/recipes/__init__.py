@@ -17,10 +17,11 @@ import typing
 from types import ModuleType
 from typing import Any, Iterable, Mapping
 
-from . import demo_chorales, demo_digits, demo_speech_noise, dsd100, musdb18, urban_sed, urbansound8k
+from . import demo_chorales, demo_digits, demo_speech_noise, demo_urban, dsd100, musdb18, urban_sed, urbansound8k
 
 RECIPES: dict[str, ModuleType] = {
-    m.NAME: m for m in (demo_speech_noise, demo_chorales, demo_digits, musdb18, dsd100, urbansound8k, urban_sed)
+    m.NAME: m for m in (demo_speech_noise, demo_chorales, demo_digits, demo_urban, musdb18, dsd100, urbansound8k,
+                        urban_sed)
 }
 
 

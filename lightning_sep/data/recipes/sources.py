@@ -17,6 +17,11 @@ Sources (default paths are where the Debian packages put the files):
   names (one speaker), one TIDIGITS digit string (speaker ``dhd``), and three headerless ``.raw`` files
   (16-bit little-endian 16 kHz; the rate was checked against pitch and spectrum).
 * ``espeak-ng``: the formant speech synthesizer (GPL-3+), for any number of synthetic voices.
+* ``tuxpaint-stamps-default``: Tux Paint's stamps; about 135 of them come with a sound effect, an OGG Vorbis file
+  ``<name>.ogg`` beside the stamp's ``<name>.txt`` (animals, vehicles, household things, instruments; 5 to 44.1
+  kHz, a few stereo; GPL-2), read by ``tuxpaint_recordings``. Most other OGGs there are spoken stamp descriptions
+  in some 13 languages (``<name>_desc_<lang>.ogg``, about 7400 short utterances of read speech), listed by
+  ``tuxpaint_descriptions``; the rest are spoken names with a locale suffix (``dog_fr.ogg``).
 
 Licences are read from each package's ``/usr/share/doc/PKG/copyright`` (``copyright_licences``).
 """
@@ -42,12 +47,14 @@ SIMUTRANS_SOUND_DIR = Path("/usr/share/games/simutrans/pak/sound")
 ASTERISK_DIR = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 POCKETSPHINX_DIR = Path("/usr/share/pocketsphinx/test/data")
 ESPEAK_NG = Path("/usr/bin/espeak-ng")
+TUXPAINT_STAMPS_DIR = Path("/usr/share/tuxpaint/stamps")
 
 OPENSFX_PACKAGE = "openttd-opensfx"
 SIMUTRANS_PACKAGE = "simutrans-pak64"
 ASTERISK_PACKAGE = "asterisk-core-sounds-en-wav"
 POCKETSPHINX_PACKAGE = "pocketsphinx-testdata"
 ESPEAK_PACKAGE = "espeak-ng"
+TUXPAINT_PACKAGE = "tuxpaint-stamps-default"
 
 # Asterisk files that are not speech: tones and beeps, monkey screeches, and the silence/ folder.
 ASTERISK_NOT_SPEECH = ("beep", "beeperr", "ascending-2tone", "descending-2tone", "tt-monkeys", "silence/*")
@@ -335,6 +342,80 @@ def simutrans_recordings(sound_dir: str = str(SIMUTRANS_SOUND_DIR)) -> tuple[Rec
     return tuple(out)
 
 
+def _tuxpaint_titles(txt: Path) -> dict[str, str]:
+    """A stamp's descriptions by language from its ``<name>.txt``: the first line is English (``en``), the others
+    read ``<lang>.utf8=<text>``."""
+    lines = txt.read_text(errors="replace").splitlines() if txt.is_file() else []
+    titles = {"en": lines[0].strip()} if lines else {}
+    for line in lines[1:]:
+        key, sep, text = line.partition("=")
+        if sep and key.endswith(".utf8"):
+            titles[key[: -len(".utf8")]] = text.strip()
+    return titles
+
+
+def read_tuxpaint_sound(path: str | Path, stamps_dir: str | Path = TUXPAINT_STAMPS_DIR,
+                        title: str = "") -> Recording:
+    """One OGG Vorbis file of tuxpaint-stamps-default as a mono ``Recording`` (id ``tuxpaint:REL``, ``REL`` the path
+    under ``stamps_dir`` without ``.ogg``). Stereo files are averaged; an unreadable file raises ``ValueError``."""
+    path, root = Path(path), Path(stamps_dir)
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as e:
+        raise ValueError(f"{path}: not readable as OGG Vorbis ({e}); reinstall {TUXPAINT_PACKAGE} "
+                         f"(apt-get install --reinstall -y {TUXPAINT_PACKAGE})") from e
+    rel = path.relative_to(root).as_posix()[: -len(".ogg")]
+    return Recording(f"tuxpaint:{rel}", _frozen(audio.mean(axis=1)), int(rate), TUXPAINT_PACKAGE,
+                     licence_of(TUXPAINT_PACKAGE, "stamps/x.ogg"), title=title or rel, path=str(path))
+
+
+@functools.lru_cache(maxsize=4)
+def tuxpaint_recordings(stamps_dir: str = str(TUXPAINT_STAMPS_DIR)) -> tuple[Recording, ...]:
+    """The stamps' own sound effects in tuxpaint-stamps-default, sorted by path (id ``tuxpaint:REL``, e.g.
+    ``tuxpaint:animals/mammals/dogs/dog``).
+
+    A stamp ``<name>`` is described by ``<name>.txt`` (its first line, e.g. "A dog.", is the title); its sound
+    effect is ``<name>.ogg`` beside it. Spoken descriptions (``<name>_desc*.ogg``, see ``tuxpaint_descriptions``)
+    and spoken names (``<name>_<locale>.ogg``) have no ``.txt`` of their own and are left out. Some files are
+    digital silence (kept here: callers decide).
+    """
+    root = Path(stamps_dir)
+    out = []
+    for path in sorted(root.rglob("*.ogg")):
+        described = path.with_suffix(".txt")
+        if described.is_file():
+            title = _tuxpaint_titles(described).get("en", "")
+            out.append(read_tuxpaint_sound(path, root, title))
+    return tuple(out)
+
+
+_TUXPAINT_DESCRIPTION = re.compile(r"^(?P<stamp>.+)_desc(?:_(?P<lang>[a-z]{2,3}(?:_[A-Z]{2})?))?\.ogg$")
+
+
+@functools.lru_cache(maxsize=4)
+def tuxpaint_descriptions(stamps_dir: str = str(TUXPAINT_STAMPS_DIR)) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The stamps' spoken descriptions (read speech, ``<name>_desc_<lang>.ogg``; ``<name>_desc.ogg`` is English),
+    by language code: sorted ``(path, text)`` pairs, ``text`` being the description in that language from the
+    stamp's ``<name>.txt`` ("" where it has none). Nothing is decoded (``read_tuxpaint_sound`` reads one).
+
+    About 7400 files: some 900 each in fr, ro, ru, ca, bg and es, 700 in be and el, 300 in da, fewer than 100 in
+    lt, nl, en and ml. The speakers are not named in the package.
+    """
+    root = Path(stamps_dir)
+    out: dict[str, list[tuple[str, str]]] = {}
+    titles: dict[Path, dict[str, str]] = {}
+    for path in sorted(root.rglob("*_desc*.ogg")):
+        m = _TUXPAINT_DESCRIPTION.match(path.name)
+        if m is None:  # e.g. a doubled extension: not a description file of the usual form
+            continue
+        lang = m.group("lang") or "en"
+        txt = path.with_name(m.group("stamp") + ".txt")
+        if txt not in titles:
+            titles[txt] = _tuxpaint_titles(txt)
+        out.setdefault(lang, []).append((str(path), titles[txt].get(lang, "")))
+    return {lang: tuple(files) for lang, files in sorted(out.items())}
+
+
 def _excluded(rel: str, patterns: Iterable[str]) -> bool:
     stem = rel[:-4] if rel.endswith(".wav") else rel
     return any(fnmatch.fnmatchcase(stem, p) for p in patterns)
@@ -491,6 +572,26 @@ def quantize_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     total = a16.astype(np.int32) + b16.astype(np.int32)
     assert np.abs(total).max() <= 32767, "peak guard failed"
     return a16, b16, total.astype(np.int16)
+
+
+def quantize_stems(stems: Iterable[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, float]:
+    """``quantize_pair`` for any number of stems: int16 stems, their exact int16 sum and the common scale applied.
+
+    All stems are scaled down together (scale < 1) when their float sum would peak above -1 dBFS, then each is
+    rounded to int16 and the mix is the integer sum of the rounded stems, so ``mix == sum(stems)`` holds exactly.
+    """
+    from ..shards import to_int16
+
+    stems = [np.asarray(s, dtype=np.float64) for s in stems]
+    if not stems or len({len(s) for s in stems}) != 1:
+        lengths = [len(s) for s in stems]
+        raise ValueError(f"quantize_stems needs one or more stems of equal length, got lengths {lengths}")
+    peak = float(np.max(np.abs(np.sum(stems, axis=0))))
+    scale = PEAK / peak if peak > PEAK else 1.0
+    out = [to_int16(s * scale) for s in stems]
+    total = np.sum([s.astype(np.int32) for s in out], axis=0)
+    assert np.abs(total).max() <= 32767, "peak guard failed"
+    return out, total.astype(np.int16), scale
 
 
 def ratio_db(a16: np.ndarray, b16: np.ndarray) -> float:
