@@ -15,7 +15,7 @@ from lightning_sep import experiment
 from lightning_sep.config import ConfigError
 from lightning_sep.data.datamodule import DataConfig, PoolSpec, SeparationDataModule
 from lightning_sep.data.shards import DatasetInfo
-from lightning_sep.methods.weaksep import WeakSep
+from lightning_sep.methods.weaksep import WeakSep, classifier_weights
 
 CLASSIFIER = "experiments/weaksep/classifier_demo_urban.yaml"
 CLIP, FRAME = "experiments/weaksep/demo_urban_clip.yaml", "experiments/weaksep/demo_urban_frame.yaml"
@@ -90,8 +90,7 @@ def test_weaksep_trains_with_the_classifier_frozen(weak_dataset, runs, classifie
     folder = Path(proc.stdout.strip().splitlines()[-1])
     assessor = {k[len("assessor."):]: v for k, v in _state(folder / "checkpoints/last.ckpt").items()
                 if k.startswith("assessor.")}
-    trained = {k[len("net."):]: v for k, v in _state(classifier_run / "checkpoints/last.ckpt").items()
-               if k.startswith("net.")}
+    trained = classifier_weights(_state(classifier_run / "checkpoints/last.ckpt"))
     assert assessor.keys() == trained.keys() and any("running_mean" in k for k in assessor)
     assert all(torch.equal(assessor[k], trained[k]) for k in trained)  # weights and batch-norm statistics
     metrics = (next((folder / "csv").rglob("metrics.csv"))).read_text().splitlines()[0]
@@ -148,3 +147,19 @@ def test_ddp_two_processes(weak_dataset, runs, classifier_run, tmp_path):
     ok(cli("test", str(folder), *ddp))
     results = json.loads((folder / "results.json").read_text())
     assert len(results["clips"]) == 9 and set(results["summary"]) == set(CLASSES)
+
+
+def test_spec_augment_masks_whole_bands_and_spans_in_training_only():
+    from lightning_sep.nets.classifier import ClassifierConfig, SoundEventClassifier
+
+    torch.manual_seed(0)
+    net = SoundEventClassifier(3, ClassifierConfig(n_mels=32, channels=4, blocks=1, freq_masks=2, time_masks=2,
+                                                   mask_bands=6, mask_frames=10), 8000, 256)
+    x = torch.randn(16, 1, 32, 50) + 5.0  # nothing is zero before masking
+    zeroed = net.spec_augment(x) == 0
+    rows, cols = zeroed.all(dim=3)[:, 0], zeroed.all(dim=2)[:, 0]  # whole mel bands, whole frames
+    assert torch.equal(zeroed[:, 0], rows[:, :, None] | cols[:, None, :])  # only whole bands and spans
+    assert 0 < rows.sum(1).max() <= 12 and 0 < cols.sum(1).max() <= 20 and rows.any(1).sum() > 8
+    magnitude = torch.rand(2, 129, 40)
+    net.eval()
+    assert torch.equal(net.frame_logits(magnitude), net.frame_logits(magnitude))  # no masking outside training

@@ -54,6 +54,7 @@ class Classifier(SeparationModule):
             raise ConfigError("the classifier needs an audio dataset with classes (dataset.json `classes`), e.g. "
                               "demo-urban")
         self.net = SoundEventClassifier(len(self.classes), self.cfg.classifier, self.sample_rate, self.cfg.stft.n_fft)
+        self.average_weights()
         self.val_map = MultilabelAveragePrecision(num_labels=len(self.classes), average="macro")
         self.val_f1 = MultilabelF1Score(num_labels=len(self.classes), threshold=self.cfg.weak_labels.threshold)
 
@@ -77,8 +78,10 @@ class Classifier(SeparationModule):
         return "map"
 
     def probabilities(self, mix: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, T) audio → clip (B, C) and frame (B, C, N) probabilities."""
-        return self.net(self.front_end(mix).abs())
+        """(B, T) audio → clip (B, C) and frame (B, C, N) probabilities (outside training: the weight average, when
+        ``optim.ema_decay`` keeps one)."""
+        net = self.net_average.module if self.net_average is not None and not self.training else self.net
+        return net(self.front_end(mix).abs())
 
     def training_losses(self, batch: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
         clips = batch["mixtures"]

@@ -81,9 +81,14 @@ def load_classifier(path: str | Path, classes: list[str], sample_rate: int, n_ff
                           f"{config['stft']['n_fft']}; this run uses {sample_rate} Hz and n_fft {n_fft}: "
                           "use the same stft section and dataset")
     net = SoundEventClassifier(len(classes), ClassifierConfig(**config["classifier"]), sample_rate, n_fft)
-    prefix = "net."
-    net.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    net.load_state_dict(classifier_weights(ckpt["state_dict"]))
     return net.requires_grad_(False).eval()
+
+
+def classifier_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The classifier's weights in a `classifier` run's state dict: its weight average when it kept one."""
+    prefix = "net_average.module." if any(k.startswith("net_average.module.") for k in state) else "net."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class WeakSep(SeparationModule):

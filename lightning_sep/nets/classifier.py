@@ -26,6 +26,12 @@ class ClassifierConfig:
     pooling: str = "linear_softmax"  # frame → clip probabilities: max, mean, or linear_softmax (Σp²/Σp: leans to the
     #                                  frames where the class is likely, and gives every frame a gradient)
     log_eps: float = 1e-4  # floor before the log of the mel energies (relative to a full-scale sinusoid's)
+    dropout: float = 0.0  # dropout before the per-frame output layer
+    freq_masks: int = 0  # training only (SpecAugment): this many random bands of up to mask_bands mel bands set to
+    #                      the mean, so the classifier cannot lean on one narrow band of a few training recordings
+    mask_bands: int = 8  # widest masked band, in mel bands
+    time_masks: int = 0  # training only: this many random spans of up to mask_frames frames set to the mean
+    mask_frames: int = 20  # longest masked span, in frames
 
 
 POOLINGS = ("max", "mean", "linear_softmax")
@@ -51,6 +57,7 @@ class SoundEventClassifier(nn.Module):
                        nn.AvgPool2d((2, 1), ceil_mode=True)]
             cin = cout
         self.blocks = nn.Sequential(*layers)
+        self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Conv1d(cin, n_classes, cfg.temporal_kernel, padding=cfg.temporal_kernel // 2)
 
     def frame_logits(self, magnitude: Tensor) -> Tensor:
@@ -58,8 +65,26 @@ class SoundEventClassifier(nn.Module):
         with torch.autocast(device_type=magnitude.device.type, enabled=False):
             mel = self.mel(magnitude.float() ** 2)
             x = torch.log(mel / self.full_scale + self.cfg.log_eps)  # levels that do not depend on n_fft
-        x = self.blocks(self.norm(x.unsqueeze(1)))
-        return self.head(x.mean(dim=2))
+        x = self.norm(x.unsqueeze(1))
+        if self.training:
+            x = self.spec_augment(x)
+        x = self.blocks(x)
+        return self.head(self.drop(x.mean(dim=2)))
+
+    def spec_augment(self, x: Tensor) -> Tensor:
+        """Random mel bands and frame spans of each (B, 1, M, N) example set to 0, the normalised mean."""
+        b, _, n_mels, n_frames = x.shape
+        keep = torch.ones_like(x)
+        for count, widest, size, dim in ((self.cfg.freq_masks, self.cfg.mask_bands, n_mels, 2),
+                                         (self.cfg.time_masks, self.cfg.mask_frames, n_frames, 3)):
+            positions = torch.arange(size, device=x.device)
+            for _ in range(count):
+                width = torch.randint(0, widest + 1, (b,), device=x.device)
+                start = (torch.rand(b, device=x.device) * (size - width + 1)).long()
+                inside = (positions >= start[:, None]) & (positions < (start + width)[:, None])  # (B, size)
+                shape = (b, 1, size, 1) if dim == 2 else (b, 1, 1, size)
+                keep = keep * (~inside).view(shape).to(x.dtype)
+        return x * keep
 
     def forward(self, magnitude: Tensor) -> tuple[Tensor, Tensor]:
         frames = torch.sigmoid(self.frame_logits(magnitude).float())
