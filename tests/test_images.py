@@ -239,7 +239,8 @@ def test_evaluation_is_exact_and_ordered(digits):
     assert keys == [b["key"][0] for b in data.test_dataloader()]  # same order every time
     stored = {c["key"]: c for c in read_pool(DatasetInfo.load(digits), "test")}
     for b in batches:
-        assert set(b) == {"key", "mix", "digit", "texture"}
+        assert set(b) == {"key", "meta", "mix", "digit", "texture"}
+        assert b["meta"][0] == stored[b["key"][0]]["meta"]
         for stem in ("mix", "digit", "texture"):
             assert b[stem].shape == (1, 28, 28) and b[stem].dtype == torch.float32
             assert np.array_equal(b[stem][0].numpy(), stored[b["key"][0]][stem])
