@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
 from torchmetrics.functional.classification import multilabel_average_precision, multilabel_f1_score
@@ -19,7 +18,7 @@ from torchmetrics.functional.classification import multilabel_average_precision,
 from ..config import ConfigError, ExperimentConfig
 from ..data.datamodule import LABEL_RATE, PoolSpec
 from ..data.shards import DatasetInfo
-from ..nets.classifier import POOLINGS, ClassifierConfig, SoundEventClassifier
+from ..nets.classifier import POOLINGS, ClassifierConfig, SoundEventClassifier, bce
 from .base import SeparationModule
 
 
@@ -87,10 +86,10 @@ class Classifier(SeparationModule):
         clips = batch["mixtures"]
         clip_p, frame_p = self.probabilities(clips["mix"])
         if self.cfg.weak_labels.level == "clip":
-            loss = F.binary_cross_entropy(clip_p, clips["labels"])
+            loss = bce(clip_p, clips["labels"])
         else:
             target = activity_at(clips["activity"], frame_p.shape[-1], self.cfg.stft.hop_length, self.sample_rate)
-            loss = F.binary_cross_entropy(frame_p, target)
+            loss = bce(frame_p, target)
         return {"loss": loss, f"bce_{self.cfg.weak_labels.level}": loss.detach()}
 
     # ------------------------------------------------------------------ validation and test: clip-level tagging

@@ -29,7 +29,7 @@ from torch import Tensor
 from ..config import ConfigError, ExperimentConfig
 from ..data.datamodule import PoolSpec
 from ..data.shards import DatasetInfo
-from ..nets.classifier import ClassifierConfig, SoundEventClassifier, pool
+from ..nets.classifier import ClassifierConfig, SoundEventClassifier, bce, pool
 from ..nets.unet import MaskUNet
 from .base import SeparationModule
 from .classifier import activity_at
@@ -143,14 +143,14 @@ class WeakSep(SeparationModule):
         one_hot = torch.eye(k, device=outputs.device).view(1, k, k, 1)
         if w.labels == "clip":
             present = clips["labels"]  # (B, K)
-            clip_p = pool(frame_p.flatten(0, 1), self.cfg_pooling).view(b, k, k)
-            bce = F.binary_cross_entropy(clip_p, one_hot[..., 0].expand(b, k, k), reduction="none").mean(-1)
-            classification = (bce * present).sum() / present.sum().clamp_min(1)
+            clip_p = pool(frame_p.flatten(0, 1), self.assessor.cfg.pooling).view(b, k, k)
+            wrong = bce(clip_p, one_hot[..., 0].expand(b, k, k), reduction="none").mean(-1)  # (B, K)
+            classification = (wrong * present).sum() / present.sum().clamp_min(1)
             silent = (1 - present)[..., None, None]  # (B, K, 1, 1): the whole output
         else:
             active = activity_at(clips["activity"], n_frames, self.cfg.stft.hop_length, self.sample_rate)  # (B,K,N)
-            bce = F.binary_cross_entropy(frame_p, one_hot.expand(b, k, k, n_frames), reduction="none").mean(2)
-            classification = (bce * active).sum() / active.sum().clamp_min(1)
+            wrong = bce(frame_p, one_hot.expand(b, k, k, n_frames), reduction="none").mean(2)  # (B, K, N)
+            classification = (wrong * active).sum() / active.sum().clamp_min(1)
             silent = (1 - active)[:, :, None, :]  # (B, K, 1, N): the frames where the class is inactive
         silence = (outputs * silent).sum() / (mixture.unsqueeze(1) * silent).sum().clamp_min(1e-8)
         losses = {"classification": classification, "silence": silence}
@@ -158,10 +158,6 @@ class WeakSep(SeparationModule):
             losses["consistency"] = F.l1_loss(outputs.sum(1), mixture) / mixture.mean().clamp_min(1e-8)
         losses["loss"] = sum(w.weights[name] * value for name, value in losses.items())
         return losses
-
-    @property
-    def cfg_pooling(self) -> str:
-        return self.assessor.cfg.pooling
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         super().test_step(batch, batch_idx)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
@@ -89,6 +90,13 @@ class SoundEventClassifier(nn.Module):
     def forward(self, magnitude: Tensor) -> tuple[Tensor, Tensor]:
         frames = torch.sigmoid(self.frame_logits(magnitude).float())
         return pool(frames, self.cfg.pooling), frames
+
+
+def bce(probabilities: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """Binary cross-entropy of probabilities, in fp32 and outside autocast (CUDA's autocast refuses it on
+    probabilities, and bf16 probabilities near 0 or 1 lose the precision it needs)."""
+    with torch.autocast(device_type=probabilities.device.type, enabled=False):
+        return F.binary_cross_entropy(probabilities.float(), targets.float(), reduction=reduction)
 
 
 def pool(frames: Tensor, how: str) -> Tensor:
