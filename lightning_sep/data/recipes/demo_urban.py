@@ -92,6 +92,8 @@ import numpy as np
 from ..shards import DatasetInfo, DatasetWriter
 from . import sources as src
 from .demo_speech_noise import excerpt_fill
+from .events import EVENT_POOLS as POOLS
+from .events import EventPool, overlap_samples, seeded_rng
 
 NAME = "demo-urban"
 VERSION = 1
@@ -224,26 +226,6 @@ LEFT_OUT: tuple[tuple[tuple[str, ...], str], ...] = (
     ((_TUX + "symbols/*",), "spoken letter or digit, or a face's voice: speech of its own kind (the speech class "
      "uses the spoken descriptions)"),
     ((_TUX + "*",), "toy, seasonal or cartoon effect, radio chatter or road-sign jingle: one of a kind"),
-)
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    split: str
-    pool: str
-    count_option: str  # the Options field with its clip count
-    stems: bool  # True: mix + one stem per class (+ background); False: mix only
-
-    @property
-    def name(self) -> str:
-        return f"{self.split}/{self.pool}"
-
-
-POOLS = (
-    PoolSpec("train", "mixtures", "mixtures_clips", False),
-    PoolSpec("train", "isolated", "isolated_clips", True),
-    PoolSpec("valid", "eval", "valid_clips", True),
-    PoolSpec("test", "eval", "test_clips", True),
 )
 
 
@@ -544,10 +526,6 @@ def _rms_db(x: np.ndarray) -> float:
     return float(10 * np.log10(np.mean(np.square(x, dtype=np.float64)) + 1e-20)) if len(x) else -200.0
 
 
-def _rng(seed: int, *purpose: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, *purpose]))
-
-
 # ----------------------------------------------------------------------------- rendering
 
 
@@ -602,19 +580,11 @@ def render_background(sounds: list[Sound], n: int, o: Options, rng: np.random.Ge
     return audio, {"id": sound.id, "title": sound.title, "licence": sound.licence, "level_db": round(level, 2), **how}
 
 
-def overlap_samples(events: list[dict[str, Any]], n: int, rate: int) -> int:
-    """Samples of the clip where two or more events sound (between their onsets and offsets)."""
-    count = np.zeros(n, dtype=np.int16)
-    for e in events:
-        count[int(round(e["onset_s"] * rate)): int(round(e["offset_s"] * rate))] += 1
-    return int(np.count_nonzero(count >= 2))
-
-
-def render_clip(pool: PoolSpec, index: int, o: Options, classes: tuple[str, ...],
+def render_clip(pool: EventPool, index: int, o: Options, classes: tuple[str, ...],
                 by_class: dict[str, list[Sound]], background: list[Sound]) -> tuple[dict[str, np.ndarray], dict]:
     """One clip of a pool: int16 ``mix`` and stems (every class, + background) and its metadata."""
     rate, n = o.sample_rate, int(round(o.clip_seconds * o.sample_rate))
-    rng = _rng(o.seed, 20, POOLS.index(pool), index)
+    rng = seeded_rng(o.seed, 20, POOLS.index(pool), index)
     where = f"{pool.split}-{pool.pool}-{index:05d}"
     k = int(rng.integers(o.events_min, o.events_max + 1))
     chosen = check_labels(rng.choice(np.array(classes), size=k, replace=False).tolist(), classes, where)

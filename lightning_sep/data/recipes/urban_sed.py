@@ -74,7 +74,8 @@ import soundfile as sf
 
 from ..shards import DatasetInfo, DatasetWriter, to_int16
 from . import sources as src
-from .urbansound8k import CLASSES, UrbanDatasetError, overlap_samples, parse_classes, read_audio, rng, software
+from .events import overlap_samples, seeded_rng
+from .urbansound8k import CLASSES, UrbanDatasetError, parse_classes, read_audio, software
 
 NAME = "urban-sed"
 VERSION = 1
@@ -326,7 +327,7 @@ def build(out: str | os.PathLike, options: Options | None = None, progress: bool
     for pool, folder in FOLDERS.items():
         order = list(scapes[folder])
         if pool == "train/mixtures":
-            order = [order[i] for i in rng(o.seed, 1).permutation(len(order))]
+            order = [order[i] for i in seeded_rng(o.seed, 1).permutation(len(order))]
         split, name = pool.split("/")
         s = {"soundscapes": len(order), "clips": 0, "skipped_clips": 0, "dropped_seconds": 0.0,
              "clips_without_events": 0, "events_per_class": {c: 0 for c in classes}, "unlabelled_events": 0}

@@ -74,6 +74,8 @@ import soundfile as sf
 
 from ..shards import DatasetInfo, DatasetWriter
 from . import sources as src
+from .events import EVENT_POOLS as POOLS
+from .events import EventPool, overlap_samples, seeded_rng
 
 NAME = "urbansound8k"
 VERSION = 1
@@ -108,26 +110,6 @@ LICENCE_NOTE = (
 class UrbanDatasetError(RuntimeError):
     """The user's copy of UrbanSound8K or URBAN-SED is missing, incomplete or unreadable; the message names the
     file and the fix."""
-
-
-@dataclass(frozen=True)
-class Pool:
-    split: str
-    pool: str
-    count_option: str  # the Options field with its clip count
-    stems: bool  # True: mix + one stem per class; False: mix only
-
-    @property
-    def name(self) -> str:
-        return f"{self.split}/{self.pool}"
-
-
-POOLS = (
-    Pool("train", "mixtures", "mixtures_clips", False),
-    Pool("train", "isolated", "isolated_clips", True),
-    Pool("valid", "eval", "valid_clips", True),
-    Pool("test", "eval", "test_clips", True),
-)
 
 
 @dataclass
@@ -457,10 +439,6 @@ class SliceBank:
 # ----------------------------------------------------------------------------- rendering
 
 
-def rng(seed: int, *purpose: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, *purpose]))
-
-
 def _rms_db(x: np.ndarray) -> float:
     return float(10 * np.log10(np.mean(np.square(x)) + 1e-20))
 
@@ -493,14 +471,6 @@ def place_event(bank: SliceBank, i: int, n: int, level_db: float, rate: int,
     return stem, info
 
 
-def overlap_samples(events: list[dict[str, Any]], n: int, rate: int) -> int:
-    """Samples of the clip where two or more events sound (between their onsets and offsets)."""
-    count = np.zeros(n, dtype=np.int16)
-    for e in events:
-        count[int(round(e["onset_s"] * rate)): int(round(e["offset_s"] * rate))] += 1
-    return int(np.count_nonzero(count >= 2))
-
-
 def quantize_clip(stems: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, float]:
     """int16 stems and their exact int16 sum; all stems scaled down together when a stem or their sum would peak
     above -1 dBFS. Returns the stems, the mix and the scale applied (1.0: none)."""
@@ -510,11 +480,11 @@ def quantize_clip(stems: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray
     return out, mix, scale * inner
 
 
-def render_clip(pool: Pool, index: int, o: Options, classes: tuple[str, ...],
+def render_clip(pool: EventPool, index: int, o: Options, classes: tuple[str, ...],
                 bank: SliceBank) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One clip of a pool: int16 ``mix`` and one stem per class, and its metadata."""
     rate, n = o.sample_rate, int(round(o.clip_seconds * o.sample_rate))
-    generator = rng(o.seed, 20, POOLS.index(pool), index)
+    generator = seeded_rng(o.seed, 20, POOLS.index(pool), index)
     k = int(generator.integers(o.events_min, o.events_max + 1))
     chosen = generator.choice(len(classes), size=k, replace=False)
     stems = {c: np.zeros(n, dtype=np.float64) for c in classes}
