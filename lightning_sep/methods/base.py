@@ -107,8 +107,12 @@ class SeparationModule(pl.LightningModule):
 
         Outside training the weight average (``optim.ema_decay``) separates, when there is one.
         """
-        net = self.net_average.module if self.net_average is not None and not self.training else self.net
-        return net(self.front_end.features(mix, spec))
+        return self.evaluated_net(self.front_end.features(mix, spec))
+
+    @property
+    def evaluated_net(self) -> torch.nn.Module:
+        """``self.net``, or outside training its weight average (``optim.ema_decay``) when there is one."""
+        return self.net_average.module if self.net_average is not None and not self.training else self.net
 
     def average_weights(self) -> None:
         """Keep an exponential moving average of ``self.net`` (``optim.ema_decay``) for validation, test and

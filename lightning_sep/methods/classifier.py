@@ -79,8 +79,7 @@ class Classifier(SeparationModule):
     def probabilities(self, mix: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T) audio → clip (B, C) and frame (B, C, N) probabilities (outside training: the weight average, when
         ``optim.ema_decay`` keeps one)."""
-        net = self.net_average.module if self.net_average is not None and not self.training else self.net
-        return net(self.front_end(mix).abs())
+        return self.evaluated_net(self.front_end(mix).abs())
 
     def training_losses(self, batch: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
         clips = batch["mixtures"]

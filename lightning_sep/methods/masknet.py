@@ -242,8 +242,7 @@ class MaskNet(SeparationModule):
     # ------------------------------------------------------------------ separation
     def masks(self, mix: Tensor, spec: Tensor | None = None) -> Tensor:
         """The inference masks (``masknet.inference``): vocals and instrumental, summing to one."""
-        net = self.net_average.module if self.net_average is not None and not self.training else self.net
-        keep = net(self.front_end.features(mix, spec))[:, self.observed_index] ** self.mask_power
+        keep = self.evaluated_net(self.front_end.features(mix, spec))[:, self.observed_index] ** self.mask_power
         vocals = 1 - keep
         i = self.cfg.masknet.inference
         if i.post_filter == "bilateral":
