@@ -160,3 +160,27 @@ def test_ddp_two_processes_reestimate_every_mixture_once(toy_dataset, tmp_path):
         assert {p.name for p in pool.iterdir() if p.is_dir()} == {"rank0", "rank1"}
     history = json.loads((folder / "nes" / "iterations.json").read_text())
     assert [(h["iteration"], h["step"]) for h in history] == [(1, 10), (2, 20), (3, 30)]
+
+
+def test_read_ahead_keeps_order_raises_the_producers_error_and_lets_the_consumer_leave_early():
+    from lightning_sep.methods.nes import _read_ahead
+
+    assert list(_read_ahead(iter(range(50)))) == list(range(50))
+
+    def broken():
+        yield 1
+        raise OSError("shard 3 is truncated")
+
+    with pytest.raises(OSError, match="shard 3 is truncated"):
+        list(_read_ahead(broken()))
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    for item in _read_ahead(endless(), depth=2):
+        if item == 3:
+            break  # the helper thread stops instead of blocking on the full queue forever
+    assert len(produced) <= 3 + 2 + 2

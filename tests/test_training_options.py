@@ -10,7 +10,7 @@ from conftest import REPO
 from lightning_sep.config import ConfigError
 from lightning_sep.experiment import load
 from lightning_sep.methods.base import cosine_factor
-from lightning_sep.methods.supervised import Supervised
+from lightning_sep.methods.supervised import Supervised, remix, thresholded_snr_loss
 
 CONFIG = REPO / "experiments/supervised/demo_speech_noise.yaml"
 DATASET = {"name": "toy", "sample_rate": 8000, "stems": ["speech", "noise"], "observed": "noise",
@@ -69,6 +69,41 @@ def test_loss_on_an_unknown_stem_is_refused():
 def test_mistyped_loss_name_is_an_error_not_a_silent_fallback(config, key):
     with pytest.raises(ConfigError, match=rf"{key}='si-sdr' is not one of"):
         load(config, [f"{key}=si-sdr"])
+
+
+def test_remix_draws_stem_k_from_the_clip_k_places_back_and_keeps_every_stem():
+    sources = torch.arange(4 * 3, dtype=torch.float).view(4, 3, 1)  # clip b, stem k holds the value 3b + k
+    mixed = remix(sources)
+    for b in range(4):
+        for k in range(3):
+            assert mixed[b, k, 0] == sources[(b - k) % 4, k, 0]
+    torch.testing.assert_close(mixed.sum(0), sources.sum(0))  # each clip's stem used once
+
+
+def test_thresholded_snr_loss_caps_sounding_stems_floors_silent_ones_and_is_scale_free():
+    g = torch.Generator().manual_seed(0)
+    loud, quiet = torch.randn(2, 1000, generator=g), 0.01 * torch.randn(2, 1000, generator=g)
+    silent = torch.zeros(2, 1000)
+    sources = torch.stack([loud, quiet, silent], dim=1)
+    mixture = sources.sum(1)
+    # perfect estimates: each sounding stem at -snr_max, the silent one at the floor
+    perfect = thresholded_snr_loss(sources, sources, mixture, snr_max=30.0, leak_floor_db=-20.0)
+    assert perfect.item() == pytest.approx((-30 - 30 - 20) / 3, abs=1e-3)
+    # the quiet stem's term depends on its SNR only: 10 dB SNR costs it the same as it would the loud stem
+    noisy = sources.clone()
+    noisy[:, 1] += 0.1 * quiet.roll(1, dims=-1)  # error energy 1% of the stem's: SNR 20 dB
+    worse_quiet = thresholded_snr_loss(noisy, sources, mixture, 30.0, -20.0)
+    noisy = sources.clone()
+    noisy[:, 0] += 0.1 * loud.roll(1, dims=-1)
+    worse_loud = thresholded_snr_loss(noisy, sources, mixture, 30.0, -20.0)
+    assert worse_quiet.item() == pytest.approx(worse_loud.item(), abs=0.05)
+    assert worse_quiet.item() > perfect.item() + 3
+    # a silent stem's output costs its energy relative to the mixture's (in dB, above the floor)
+    leaking = sources.clone()
+    leaking[:, 2] = 0.5 * mixture
+    leak = thresholded_snr_loss(leaking, sources, mixture, 30.0, -20.0)
+    expected = (-30 - 30 + 10 * math.log10(0.25 + 0.01)) / 3
+    assert leak.item() == pytest.approx(expected, abs=1e-3)
 
 
 NES_CONFIG = REPO / "experiments/nes/demo_speech_noise.yaml"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,29 @@ def test_outputs_sum_to_the_mixture(weak_dataset, runs, classifier_run):
     assert ((estimates.sum(1) - mix).norm() / mix.norm()).item() < 1e-4
 
 
+@pytest.mark.parametrize("labels", ["clip", "frame"])
+def test_silence_is_the_share_of_the_mixture_sent_to_absent_classes(weak_dataset, runs, classifier_run, labels):
+    cfg = experiment.load(REPO / CLIP, separator(weak_dataset, runs, frozen(classifier_run), f"weaksep.labels={labels}"))
+    module = WeakSep(OmegaConf.to_container(cfg), experiment.dataset_summary(DatasetInfo.load(weak_dataset))).eval()
+    torch.manual_seed(0)
+    mix = 0.1 * torch.randn(2, 8000)
+    activity = torch.zeros(2, 3, 100)
+    activity[0, 0] = 1  # clip 0: class 0 throughout
+    activity[1, 1, :50] = 1  # clip 1: class 1 in its first half, class 2 in its second
+    activity[1, 2, 50:] = 1
+    batch = {"mixtures": {"mix": mix, "labels": activity.amax(-1), "activity": activity}}
+    losses = module.training_losses(batch)
+    spec = module.front_end(mix)
+    outputs = module.masks(mix, spec) * spec.abs().unsqueeze(1)  # (2, 3, F, N)
+    if labels == "clip":  # absent: classes 1, 2 of clip 0, class 0 of clip 1; every clip has an absent class
+        expected = (outputs[0, 1:].sum() + outputs[1, 0].sum()) / spec.abs().sum()
+    else:
+        label_of_frame = (torch.arange(spec.shape[-1]) * module.cfg.stft.hop_length * 100 // 8000).clamp(max=99)
+        absent = 1 - activity[..., label_of_frame]  # (2, 3, N): 10 ms labels at each STFT frame's centre
+        expected = (outputs * absent[:, :, None]).sum() / (spec.abs() * absent.amax(1)[:, None]).sum()
+    torch.testing.assert_close(losses["silence"], expected, rtol=1e-4, atol=1e-6)
+
+
 def test_missing_classifier_is_a_clear_error(weak_dataset, tmp_path):
     proc = cli("fit", CLIP, *separator(weak_dataset, tmp_path))
     assert proc.returncode == 2
@@ -163,3 +187,20 @@ def test_spec_augment_masks_whole_bands_and_spans_in_training_only():
     magnitude = torch.rand(2, 129, 40)
     net.eval()
     assert torch.equal(net.frame_logits(magnitude), net.frame_logits(magnitude))  # no masking outside training
+
+
+def test_shift_and_tilt_move_each_example_within_its_bounds():
+    from lightning_sep.nets.classifier import ClassifierConfig, SoundEventClassifier
+
+    torch.manual_seed(0)
+    ramp = torch.arange(32.0).view(1, 32, 1).expand(64, 32, 5)  # band index as the value: a shift shows as itself
+    shifted = SoundEventClassifier(3, ClassifierConfig(n_mels=32, channels=4, blocks=1, shift_bands=3), 8000,
+                                   256).shift_and_tilt(ramp)
+    moved = shifted[:, 16, 0] - 16  # a middle band, away from the repeated edges
+    assert set(moved.tolist()) == {-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0}  # every shift in range, none beyond
+    torch.testing.assert_close(shifted[:, 10:22] - ramp[:, 10:22], moved.view(-1, 1, 1).expand(64, 12, 5))
+    tilted = SoundEventClassifier(3, ClassifierConfig(n_mels=32, channels=4, blocks=1, tilt_db=6.0), 8000,
+                                  256).shift_and_tilt(torch.zeros(64, 32, 5))
+    top_db = tilted[:, -1, 0] * 10 / math.log(10)
+    assert top_db.abs().max() <= 6.0 + 1e-4 and top_db.abs().max() > 4.0
+    torch.testing.assert_close(tilted[:, 0], -tilted[:, -1])  # a slope through the middle band

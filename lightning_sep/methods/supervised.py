@@ -19,13 +19,49 @@ from ..nets.unet import MaskUNet
 from .base import SeparationModule
 
 
+LOSSES = ("magnitude_l1", "si_sdr", "snr")
+
+
+def thresholded_snr_loss(estimates: Tensor, sources: Tensor, mixture: Tensor, snr_max: float,
+                         leak_floor_db: float) -> Tensor:
+    """Negative SNR capped at ``snr_max`` for sounding stems, and for silent ones the output's energy relative to
+    the mixture's, floored at ``leak_floor_db`` (after the thresholded SNR of Wisdom et al. 2020, "Unsupervised sound
+    separation using mixture invariant training", for references that may be silent). In dB, mean over stems, clips.
+
+    Each stem's term is scale-free, so a quiet class weighs as much as a loud one; an L1 on magnitudes lets
+    the loud classes decide and can starve a quiet class's softmax output to a mask of zero everywhere. The floor
+    keeps the silent stems (most of them, in a clip of 1-3 events out of 6 classes) from outweighing the sounding
+    ones: without it, muting every output but one is the fastest way down, and training takes it.
+    estimates, sources (B, K, T); mixture (B, T).
+    """
+    estimates, sources, mixture = estimates.float(), sources.float(), mixture.float()
+    tau, floor = 10 ** (-snr_max / 10), 10 ** (leak_floor_db / 10)
+    source_energy = sources.pow(2).sum(-1)
+    mixture_energy = mixture.pow(2).sum(-1, keepdim=True).clamp_min(1e-8)
+    error_energy = (sources - estimates).pow(2).sum(-1)
+    sounding = source_energy > 1e-5 * mixture_energy  # quieter than -50 dB under the mixture: silent
+    neg_snr = 10 * torch.log10((error_energy + tau * source_energy + 1e-8) / (source_energy + 1e-8))
+    leak = 10 * torch.log10((estimates.pow(2).sum(-1) + floor * mixture_energy) / mixture_energy)
+    return torch.where(sounding, neg_snr, leak).mean()
+
+
+def remix(sources: Tensor) -> Tensor:
+    """(B, K, T) stems → new mixtures' stems: stem k of mixture b comes from clip b − k (mod B). Every clip's stems
+    still appear once, in K different mixtures; the share of silent stems stays the data's."""
+    return torch.stack([sources[:, k].roll(k, dims=0) for k in range(sources.shape[1])], dim=1)
+
+
 @dataclass
 class SupervisedParams:
     """Supervised training options."""
 
-    remix: bool = True  # mix each clip's first stem with another clip's other stems (more distinct mixtures)
+    remix: bool = True  # mix stem k of clip b+k into mixture b, for every stem k (more distinct mixtures)
     loss: str = "magnitude_l1"  # magnitude_l1: L1 between masked and true magnitudes; si_sdr: negative SI-SDR of
-    #                             the waveforms rebuilt with the mixture's phase (optimises the reported metric)
+    #                             the waveforms rebuilt with the mixture's phase (optimises the reported metric);
+    #                             snr: thresholded SNR of those waveforms, which also scores silent stems (see below)
+    snr_max: float = 30.0  # loss=snr: the SNR (dB) past which a sounding stem earns nothing more
+    leak_floor_db: float = -20.0  # loss=snr: a silent stem's output energy (dB re the mixture) below which it earns
+    #                               nothing more
     loss_stems: list[str] = field(default_factory=list)  # stems the loss scores (empty: every stem)
 
 
@@ -50,8 +86,8 @@ class Supervised(SeparationModule):
 
     @classmethod
     def resolve_config(cls, cfg) -> None:
-        if cfg.supervised.loss not in ("magnitude_l1", "si_sdr"):
-            raise ConfigError(f"supervised.loss={cfg.supervised.loss!r} is not one of 'magnitude_l1', 'si_sdr'")
+        if cfg.supervised.loss not in LOSSES:
+            raise ConfigError(f"supervised.loss={cfg.supervised.loss!r} is not one of {', '.join(map(repr, LOSSES))}")
 
     @classmethod
     def train_pools(cls, info: DatasetInfo) -> dict[str, PoolSpec]:
@@ -60,8 +96,7 @@ class Supervised(SeparationModule):
     def training_losses(self, batch: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
         sources = torch.stack([batch["isolated"][s] for s in self.stems], dim=1)  # (B, K, T)
         if self.cfg.supervised.remix:
-            # pair the first source of clip b with the other sources of clip b+1: new mixtures, same stems
-            sources = torch.cat([sources[:, :1], sources[:, 1:].roll(1, dims=0)], dim=1)
+            sources = remix(sources)
         mix = sources.sum(dim=1)
         spec = self.front_end(mix)  # once, for the network's input and for the masked output
         masks = self.masks(mix, spec)
@@ -71,5 +106,10 @@ class Supervised(SeparationModule):
             estimates = self.front_end.apply_masks(masks, mix, spec)
             loss = -si_sdr(estimates, sources).nanmean()  # silent crops: NaN, skipped
             return {"loss": loss, "neg_si_sdr": loss.detach()}
+        if self.cfg.supervised.loss == "snr":
+            estimates = self.front_end.apply_masks(masks, mix, spec)
+            loss = thresholded_snr_loss(estimates, sources, mix, self.cfg.supervised.snr_max,
+                                        self.cfg.supervised.leak_floor_db)
+            return {"loss": loss, "neg_snr": loss.detach()}
         loss = F.l1_loss(masks * spec.abs().unsqueeze(1), self.front_end(sources).abs())
         return {"loss": loss, "l1_magnitude": loss.detach()}

@@ -8,7 +8,7 @@ same weak labels (``lightning-sep fit experiments/weaksep/classifier_*.yaml``) a
   the other classes (binary cross-entropy against the one-hot target of k). With clip-level labels this is asked of
   the clip probability; with frame-level labels of the frame probabilities, in the frames where class k is active;
 - **silence loss**: an output whose class is absent (from the clip, or from the frame with frame-level labels)
-  must be silent: its masked magnitude, relative to the mixture's;
+  must be silent: the masked magnitude sent to absent classes, as a share of the mixture's;
 - **mixture consistency**: the outputs sum to the mixture. With ``weaksep.mask: softmax`` the masks sum to one in
   every bin, so the outputs add up to the mixture by construction; with ``sigmoid`` masks it is a loss term instead.
 
@@ -152,7 +152,9 @@ class WeakSep(SeparationModule):
             wrong = bce(frame_p, one_hot.expand(b, k, k, n_frames), reduction="none").mean(2)  # (B, K, N)
             classification = (wrong * active).sum() / active.sum().clamp_min(1)
             silent = (1 - active)[:, :, None, :]  # (B, K, 1, N): the frames where the class is inactive
-        silence = (outputs * silent).sum() / (mixture.unsqueeze(1) * silent).sum().clamp_min(1e-8)
+        # the share of the mixture sent to absent classes: summed over them, so a lone event cannot leak a fifth of
+        # itself into each of five absent outputs at the price of one fifth
+        silence = (outputs * silent).sum() / (mixture.unsqueeze(1) * silent.amax(1, keepdim=True)).sum().clamp_min(1e-8)
         losses = {"classification": classification, "silence": silence}
         if w.mask == "sigmoid":
             losses["consistency"] = F.l1_loss(outputs.sum(1), mixture) / mixture.mean().clamp_min(1e-8)

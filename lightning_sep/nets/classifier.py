@@ -7,6 +7,7 @@ frame probabilities into clip probabilities, which is what clip-level (weak) lab
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,10 @@ class ClassifierConfig:
     mask_bands: int = 8  # widest masked band, in mel bands
     time_masks: int = 0  # training only: this many random spans of up to mask_frames frames set to the mean
     mask_frames: int = 20  # longest masked span, in frames
+    shift_bands: int = 0  # training only: each example's log-mel moved up or down by up to this many mel bands (a
+    #                       coarse pitch shift: a new recording of the kind, where a class has only a few)
+    tilt_db: float = 0.0  # training only: each example's spectrum tilted by a random slope, from -x dB at the
+    #                       lowest mel band to +x dB at the highest or the other way (another microphone, distance)
 
 
 POOLINGS = ("max", "mean", "linear_softmax")
@@ -66,11 +71,28 @@ class SoundEventClassifier(nn.Module):
         with torch.autocast(device_type=magnitude.device.type, enabled=False):
             mel = self.mel(magnitude.float() ** 2)
             x = torch.log(mel / self.full_scale + self.cfg.log_eps)  # levels that do not depend on n_fft
+            if self.training:
+                x = self.shift_and_tilt(x)
         x = self.norm(x.unsqueeze(1))
         if self.training:
             x = self.spec_augment(x)
         x = self.blocks(x)
         return self.head(self.drop(x.mean(dim=2)))
+
+    def shift_and_tilt(self, x: Tensor) -> Tensor:
+        """(B, M, N) log-mel energies, each example shifted by up to ``shift_bands`` bands (the edge band repeated)
+        and tilted by up to ±``tilt_db`` across the bands."""
+        b, n_mels, _ = x.shape
+        bands = torch.arange(n_mels, device=x.device)
+        if self.cfg.shift_bands:
+            shift = torch.randint(-self.cfg.shift_bands, self.cfg.shift_bands + 1, (b, 1), device=x.device)
+            source = (bands - shift).clamp(0, n_mels - 1)  # (B, M)
+            x = x.gather(1, source.unsqueeze(-1).expand_as(x))
+        if self.cfg.tilt_db:
+            slope = (2 * torch.rand(b, 1, device=x.device) - 1) * self.cfg.tilt_db  # dB at the top band
+            ramp = 2 * bands / max(n_mels - 1, 1) - 1  # -1 .. 1
+            x = x + (slope * ramp).unsqueeze(-1) * (math.log(10) / 10)  # dB of power → natural log
+        return x
 
     def spec_augment(self, x: Tensor) -> Tensor:
         """Random mel bands and frame spans of each (B, 1, M, N) example set to 0, the normalised mean."""
