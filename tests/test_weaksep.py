@@ -114,7 +114,8 @@ def test_outputs_sum_to_the_mixture(weak_dataset, runs, classifier_run):
 
 @pytest.mark.parametrize("labels", ["clip", "frame"])
 def test_silence_is_the_share_of_the_mixture_sent_to_absent_classes(weak_dataset, runs, classifier_run, labels):
-    cfg = experiment.load(REPO / CLIP, separator(weak_dataset, runs, frozen(classifier_run), f"weaksep.labels={labels}"))
+    overrides = separator(weak_dataset, runs, frozen(classifier_run), f"weaksep.labels={labels}")
+    cfg = experiment.load(REPO / CLIP, overrides)
     module = WeakSep(OmegaConf.to_container(cfg), experiment.dataset_summary(DatasetInfo.load(weak_dataset))).eval()
     torch.manual_seed(0)
     mix = 0.1 * torch.randn(2, 8000)

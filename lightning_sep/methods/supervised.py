@@ -18,7 +18,6 @@ from ..metrics import si_sdr
 from ..nets.unet import MaskUNet
 from .base import SeparationModule
 
-
 LOSSES = ("magnitude_l1", "si_sdr", "snr")
 
 
