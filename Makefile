@@ -9,7 +9,7 @@ DEMO_DEB_PACKAGES := asterisk-core-sounds-en-wav openttd-opensfx simutrans-pak64
 DEB_PACKAGES := $(DEMO_DEB_PACKAGES) libfluidsynth3 timgm6mb-soundfont ffmpeg tuxpaint-stamps-default
 PYTEST_ARGS ?=
 
-.PHONY: install debian debian-demo demo demo-masknet test test-fast bench lint constraints clean
+.PHONY: install debian debian-demo demo demo-masknet demo-weaksep test test-fast bench lint constraints clean
 
 install: $(VENV)/.installed debian
 
@@ -40,6 +40,11 @@ demo: $(VENV)/.installed debian-demo
 # the music methods on demo-chorales: the supervised bound, NES and MaskNet side by side (CPU: about an hour)
 demo-masknet: $(VENV)/.installed debian
 	$(BIN)/lightning-sep demo --suite chorales
+
+# WeakSep on demo-urban: the classifier, the supervised bound and WeakSep with clip- and frame-level labels (CPU: about
+# an hour)
+demo-weaksep: $(VENV)/.installed debian
+	$(BIN)/lightning-sep demo --suite urban
 
 # fast tests and the slow (end-to-end) tier
 test: install

@@ -54,12 +54,19 @@ def table(results: dict[str, Any]) -> str:
     metrics = [m for m in METRIC_ORDER if any(m in s for s in results["summary"].values())]
     head = f"{'stem':<14}{'agg':<8}" + "".join(f"{LABELS[m]:>9}" for m in metrics)
     title = f"{results['method']} on {results['dataset']} / {results['split']} ({len(results['clips'])} clips, dB)"
-    lines = [title, head, "-" * len(head)]
-    for stem, how, values in rows(results):
-        lines.append(f"{stem:<14}{how:<8}" + "".join(f"{v:>9}" for v in values))
+    lines = [title]
+    if results["summary"]:  # a classifier run separates nothing
+        lines += [head, "-" * len(head)]
+        for stem, how, values in rows(results):
+            lines.append(f"{stem:<14}{how:<8}" + "".join(f"{v:>9}" for v in values))
     if results.get("classifier"):
         c = results["classifier"]
-        lines.append(f"clip-level tagging: mAP {_fmt(c['map'])}, F1 {_fmt(c['f1'])} (per class in results.md)")
+        lines.append(f"clip-level tagging: mAP {_fmt(c['map'])}, F1 {_fmt(c['f1'])}")
+        lines += [f"  {name:<12}AP {_fmt(v['ap'])}  F1 {_fmt(v['f1'])}  ({v['clips']} clips)"
+                  for name, v in c["per_class"].items()]
+    if results.get("by_events"):
+        lines.append("SI-SDRi of the present classes' outputs by events in the clip: " + ", ".join(
+            f"{n}: {_fmt(v['si_sdri'])}" for n, v in results["by_events"].items()))
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from conftest import REPO
 
-from lightning_sep.demo import summary_table
+from lightning_sep.demo import class_table, summary_table
 
 
 def _results(si_sdr: float, si_sdri: float, **extra) -> dict:
@@ -40,3 +40,24 @@ def test_two_experiments_in_one_process_get_their_own_run_folders(toy_dataset, t
     nes = fit(load(REPO / "experiments/nes/demo_speech_noise.yaml", [*common, "nes.iterations=2"]))
     assert supervised.parent.name == "supervised-demo-speech-noise" and nes.parent.name == "nes-demo-speech-noise"
     assert (nes / "checkpoints" / "last.ckpt").is_file() and (nes / "nes" / "iterations.json").is_file()
+
+
+def _class_results(values: dict[str, float], **extra) -> dict:
+    return {"summary": {c: {"si_sdr": {"mean": v, "median": v}, "si_sdri": {"mean": v, "median": v}}
+                        for c, v in values.items()}, **extra}
+
+
+def test_class_table_columns_per_class_mean_share_and_classifier_line(tmp_path: Path):
+    classifier = {"summary": {}, "classifier": {"map": 0.86, "f1": 0.77, "per_class": {}}}
+    bound = _class_results({"bird": 4.0, "horn": 6.0, "background": 10.0})  # the bound also separates background
+    weak = _class_results({"bird": 2.0, "horn": 4.0}, by_events={"1": {"si_sdri": -1.0, "outputs": 3}})
+    rows = [("classifier (frozen assessor)", tmp_path / "cls", classifier, 60.0),
+            ("supervised (upper bound)", tmp_path / "sup", bound, 120.0),
+            ("WeakSep, clip-level labels", tmp_path / "weak", weak, 120.0)]
+    text = class_table(rows)
+    header = next(line for line in text.splitlines() if line.startswith("method"))
+    assert "bird" in header and "horn" in header and "background" not in header  # classes every row separates
+    lines = {line.split("  ")[0]: line for line in text.splitlines()}
+    assert "5.00" in lines["supervised (upper bound)"] and "100%" in lines["supervised (upper bound)"]
+    assert "3.00" in lines["WeakSep, clip-level labels"] and "60%" in lines["WeakSep, clip-level labels"]
+    assert "clip-level mAP 0.86" in text and "1: -1.00" in text
