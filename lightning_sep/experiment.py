@@ -40,18 +40,21 @@ def load(config: str | Path, overrides: list[str]) -> DictConfig:
     if o.schedule == "cosine" and o.schedule_steps is None:
         o.schedule_steps = cfg.trainer.max_steps  # written into the config, so the run's identity includes it
     if cfg.method == "weaksep" and cfg.weaksep.classifier_checkpoint is None:
-        cfg.weaksep.classifier_checkpoint = str(classifier_run(cfg) / "checkpoints" / "last.ckpt")
+        run = upstream_run(cfg, cfg.weaksep.classifier_config, "classifier", "weaksep.classifier_config")
+        cfg.weaksep.classifier_checkpoint = str(run / "checkpoints" / "last.ckpt")
+    if cfg.method == "nes" and cfg.nes.init == "glom" and cfg.nes.glom_checkpoint is None:
+        run = upstream_run(cfg, cfg.nes.glom_config, "glom", "nes.glom_config")
+        cfg.nes.glom_checkpoint = str(run / "checkpoints" / "last.ckpt")
     return cfg
 
 
-def classifier_run(cfg: DictConfig) -> Path:
-    """The run folder of the classifier a WeakSep config names (``weaksep.classifier_config``), trained on the
+def upstream_run(cfg: DictConfig, config: str, method: str, key: str) -> Path:
+    """The run folder of the experiment a config builds on (WeakSep's classifier, NES-FT's GLOM), trained on the
     same data under the same run root: runs are found by their config's identity."""
-    classifier = load(cfg.weaksep.classifier_config, [f"data.root={cfg.data.root}", f"run.root={cfg.run.root}"])
-    if classifier.method != "classifier":
-        raise ConfigError(f"weaksep.classifier_config={cfg.weaksep.classifier_config}: method {classifier.method!r}, "
-                          "not a classifier experiment")
-    return Path(cfg.run.root) / classifier.experiment / identity(classifier)
+    upstream = load(config, [f"data.root={cfg.data.root}", f"run.root={cfg.run.root}"])
+    if upstream.method != method:
+        raise ConfigError(f"{key}={config}: method {upstream.method!r}, not a {method} experiment")
+    return Path(cfg.run.root) / upstream.experiment / identity(upstream)
 
 
 def make_trainer(cfg: DictConfig, folder: Path, loggers, callbacks, for_fit: bool) -> pl.Trainer:
@@ -123,7 +126,8 @@ def dataset_summary(info: DatasetInfo) -> dict:
     """What a module needs to know of its dataset (stored in its checkpoint)."""
     return {"name": info.name, "sample_rate": info.sample_rate, "stems": list(info.stems),
             "observed": info.observed, "unobserved": info.unobserved, "classes": list(info.classes),
-            "modality": info.modality, "image_shape": info.image_shape}
+            "modality": info.modality, "image_shape": info.image_shape,
+            "clips": {f"{split}/{pool}": p.clips for split, pools in info.splits.items() for pool, p in pools.items()}}
 
 
 def check_checkpoint(path: Path, method: str | None) -> dict:

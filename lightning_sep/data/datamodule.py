@@ -44,7 +44,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .shards import DatasetError, DatasetInfo, decode_sample, iter_tar
+from .shards import DatasetError, DatasetInfo, decode_sample, iter_tar, pool_keys
 
 
 @dataclass
@@ -74,6 +74,7 @@ class PoolSpec:
     pool: str
     stems: list[str]
     root: str | None = None
+    indexed: bool = False  # each example also carries ``index``: its clip's position in the pool (a per-clip code)
 
 
 def _distributed() -> tuple[int, int]:
@@ -130,6 +131,7 @@ class TrainStream(IterableDataset):
         self.gain_db, self.batch_size, self.buffer = cfg.gain_db, cfg.batch_size, cfg.shuffle_buffer
         self.seed, self.rank = seed, rank
         self._epoch = 0  # counts passes inside a (persistent) worker so epochs differ
+        self.rows = {key: i for i, key in enumerate(pool_keys(self.urls))} if spec.indexed else None
 
     def _rng(self) -> random.Random:
         worker, _ = _worker()
@@ -141,11 +143,15 @@ class TrainStream(IterableDataset):
             yield from iter_tar(rng.choice(self.urls))
 
     def example(self, raw: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
+        out = self._image_example(raw, rng) if self.image_shape is not None else self._audio_example(raw, rng)
+        if self.rows is not None:
+            out["index"] = torch.tensor(self.rows[raw["__key__"]])
+        return out
+
+    def _audio_example(self, raw: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
         """Decode only a random crop and scale it by the clip's random gain; zero-padded if the clip is short.
 
         An image is decoded whole and scaled by its random gain."""
-        if self.image_shape is not None:
-            return self._image_example(raw, rng)
 
         starts = []
 

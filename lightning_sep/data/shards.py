@@ -401,6 +401,22 @@ def iter_tar(url: str) -> Iterator[dict[str, Any]]:
         yield sample
 
 
+def pool_keys(urls: list[str]) -> list[str]:
+    """The clip keys of a pool's shards, in stored order (tar headers only: no member is read)."""
+    keys: list[str] = []
+    for url in urls:
+        try:
+            with tarfile.open(url, "r") as tar:
+                for name in tar.getnames():
+                    key = name.rpartition("/")[2].partition(".")[0]
+                    if not keys or keys[-1] != key:
+                        keys.append(key)
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DatasetError(f"{url}: shard is truncated or corrupt ({type(e).__name__}: {e}); rebuild the "
+                               "dataset") from e
+    return keys
+
+
 def decode_audio(data: bytes, *, url: str, name: str, sample_rate: int, dtype: str = "float32",
                  start: int = 0, frames: int = -1) -> np.ndarray:
     """Decode one FLAC member (or ``frames`` samples of it from ``start``) to mono, checking rate and channels.

@@ -9,7 +9,8 @@ alone, NES alternates two steps (the *outer iterations*, driven by ``NESIteratio
    the rebuilt waveform b̂.
 2. **Re-estimate** X̂ = (1 − m(Y))·Y on ALL training mixtures with the separator as it now is.
 
-X̂₀ = c·Y (``nes.init_scale``) starts the loop; that initial estimate alone is "iteration 0". The separator's
+X̂₀ = c·Y (``nes.init_scale``) starts the loop, or with ``nes.init: glom`` the estimates of GLO masking (``glom.py``;
+the paper's NES-FT); that initial estimate alone is "iteration 0". The separator's
 weights carry over from one iteration to the next; the optimizer (and its schedule) is re-created at each
 iteration when ``nes.reset_optimizer`` is set, as the authors do. One outer iteration is one epoch of
 ``trainer.max_steps / nes.iterations`` steps, so NES and the supervised bound share a step budget.
@@ -53,7 +54,11 @@ class NESParams:
     """Neural Egg Separation options (defaults: the authors' values where they state them)."""
 
     iterations: int = 10  # outer iterations; each is trainer.max_steps / iterations training steps (authors: 10)
+    init: str = "constant"  # X̂₀: constant (init_scale · Y, the authors') or glom (GLO masking's estimates: NES-FT)
     init_scale: float = 0.5  # X̂₀ = init_scale · Y (authors: 0.5 for speech and images, 0.1 for music)
+    glom_config: str = "experiments/glom/demo_speech_noise.yaml"  # init=glom: the `glom` experiment whose run
+    #   (under this run.root, on this data.root) provides the GLO model
+    glom_checkpoint: str | None = None  # or that checkpoint given directly (None: found from glom_config)
     reset_optimizer: bool = True  # re-create the optimizer and its lr schedule at each iteration (authors: yes)
     loss: str = "magnitude_l1"  # magnitude_l1: L1 of masked vs true observed magnitude (authors); si_sdr: −SI-SDR of b̂
     observed_gain_db: list[float] = field(default_factory=lambda: [0.0, 0.0])  # extra random gain of b in each
@@ -89,6 +94,7 @@ class NES(SeparationModule):
         self.net = MaskUNet(len(self.stems), self.cfg.net)
         self.average_weights()
         self.observed_index = self.stems.index(self.observed)
+        self._glom: list | None = None  # nes.init=glom: the GLO model X̂₀ comes from, loaded when first needed
         if self.is_image and self.cfg.nes.loss != "magnitude_l1":
             raise ConfigError(f"nes.loss={self.cfg.nes.loss!r} needs audio; on images use magnitude_l1 (L1 of pixels)")
 
@@ -96,6 +102,8 @@ class NES(SeparationModule):
     @classmethod
     def resolve_config(cls, cfg) -> None:
         """One outer iteration is one epoch: its length follows from the step budget."""
+        if cfg.nes.init not in ("constant", "glom"):
+            raise ConfigError(f"nes.init={cfg.nes.init!r} is not one of 'constant', 'glom'")
         if cfg.nes.loss not in ("magnitude_l1", "si_sdr"):
             raise ConfigError(f"nes.loss={cfg.nes.loss!r} is not one of 'magnitude_l1', 'si_sdr'")
         if cfg.nes.estimate_exponent < 1:
@@ -152,12 +160,23 @@ class NES(SeparationModule):
         mask = self.masks(mix, rep)[:, self.stems.index(self.unobserved)]
         return self.front_end.apply_masks(mask.unsqueeze(1) ** self.cfg.nes.estimate_exponent, mix, rep)[:, 0]
 
+    def initial_estimate(self, mix: Tensor) -> Tensor:
+        """X̂₀: c·Y, or with ``nes.init: glom`` GLO masking's estimate of X (NES-FT)."""
+        if self.cfg.nes.init == "constant":
+            return self.cfg.nes.init_scale * mix
+        if self._glom is None:  # kept out of the module's state: the GLOM run's checkpoint holds it
+            from .glom import load_glom
+
+            self._glom = [load_glom(self.cfg.nes.glom_checkpoint, self.hparams["dataset"])]
+        with torch.inference_mode(False):
+            glom = self._glom[0].to(mix.device)
+        return glom.estimate_unobserved(mix)
+
     def baseline_estimates(self, mix: Tensor) -> dict[str, Tensor]:
-        """Iteration 0: the initial estimate X̂₀ = c·Y, and B̂₀ = (1 − c)·Y, scored like the separator."""
-        c = self.cfg.nes.init_scale
-        scale = torch.full((len(self.stems),), 1 - c, device=mix.device)
-        scale[self.stems.index(self.unobserved)] = c
-        return {"iteration_0": scale.view(1, -1, *[1] * (mix.dim() - 1)) * mix[:, None]}
+        """Iteration 0: the initial estimate X̂₀ and B̂₀ = Y − X̂₀, scored like the separator."""
+        x0 = self.initial_estimate(mix)
+        est = torch.stack([x0 if stem == self.unobserved else mix - x0 for stem in self.stems], dim=1)
+        return {"iteration_0": est}
 
     def extra_callbacks(self, folder: Path) -> list[pl.Callback]:
         return [NESIterations(folder / "nes")]
@@ -253,7 +272,9 @@ class NESIterations(pl.Callback):
         info = trainer.datamodule.info
         pool_name = module.cfg.nes.mixtures_pool
         made_by = {"method": "nes", "iteration": k, "from": f"{info.root}/train/{pool_name}",
-                   "estimate": f"{module.cfg.nes.init_scale} * mix" if k == 0 else f"separated {module.unobserved}"}
+                   "estimate": f"separated {module.unobserved}" if k else
+                   f"{module.cfg.nes.init_scale} * mix" if module.cfg.nes.init == "constant" else
+                   f"GLO masking ({module.cfg.nes.glom_checkpoint})"}
         index = DatasetInfo(name=f"{info.name}:nes-estimates-{k}", sample_rate=info.sample_rate, stems=[ESTIMATE],
                             made_by=made_by, modality=info.modality, image_shape=info.image_shape)
         writer = DatasetWriter(part / f"rank{rank}", index, clips_per_shard=module.cfg.nes.clips_per_shard)
@@ -267,7 +288,7 @@ class NESIterations(pl.Callback):
             written = None
             for keys, mix in _read_ahead(_batches(clips, module.cfg.nes.reestimate_batch)):
                 mix = mix.to(module.device)
-                x_hat = mix * module.cfg.nes.init_scale if k == 0 else module.estimate_unobserved(mix)
+                x_hat = module.initial_estimate(mix) if k == 0 else module.estimate_unobserved(mix)
                 if module.is_image:  # masked intensities stay within the mixture's, which are storable
                     x_hat = x_hat.clamp(0, IMAGE_MAX)
                 else:  # an estimate may overshoot full scale
@@ -301,7 +322,7 @@ class NESIterations(pl.Callback):
         module.eval()
         for clip in clips:
             mix = clip["mix"].to(module.device)
-            x_hat = mix * module.cfg.nes.init_scale if k == 0 else module.estimate_unobserved(mix)
+            x_hat = module.initial_estimate(mix) if k == 0 else module.estimate_unobserved(mix)
             arrays = {"mix": mix[0], "estimate": x_hat[0], "reference": clip[module.unobserved][0]}
             arrays = {name: a.float().cpu().numpy() for name, a in arrays.items()}
             key = clip["key"][0]
