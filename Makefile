@@ -9,7 +9,7 @@ DEMO_DEB_PACKAGES := asterisk-core-sounds-en-wav openttd-opensfx simutrans-pak64
 DEB_PACKAGES := $(DEMO_DEB_PACKAGES) libfluidsynth3 timgm6mb-soundfont ffmpeg tuxpaint-stamps-default
 PYTEST_ARGS ?=
 
-.PHONY: install debian debian-demo demo demo-masknet demo-weaksep test test-fast bench lint constraints clean
+.PHONY: install debian debian-demo demo demo-nes demo-masknet demo-weaksep test test-fast bench lint constraints clean
 
 install: $(VENV)/.installed debian
 
@@ -36,6 +36,10 @@ endef
 
 demo: $(VENV)/.installed debian-demo
 	$(BIN)/lightning-sep demo
+
+# NES beside its baselines on demo-speech-noise: the bound, NES, GLO masking and NES-FT (CPU: about 40 minutes)
+demo-nes: $(VENV)/.installed debian-demo
+	$(BIN)/lightning-sep demo --suite nes
 
 # the music methods on demo-chorales: the supervised bound, NES and MaskNet side by side (CPU: about an hour)
 demo-masknet: $(VENV)/.installed debian
