@@ -54,7 +54,7 @@ def remix(sources: Tensor) -> Tensor:
 class SupervisedParams:
     """Supervised training options."""
 
-    remix: bool = True  # mix stem k of clip b+k into mixture b, for every stem k (more distinct mixtures)
+    remix: bool = True  # mixture b takes stem k from clip b − k, for every stem k (more distinct mixtures)
     loss: str = "magnitude_l1"  # magnitude_l1: L1 between masked and true magnitudes; si_sdr: negative SI-SDR of
     #                             the waveforms rebuilt with the mixture's phase (optimises the reported metric);
     #                             snr: thresholded SNR of those waveforms, which also scores silent stems (see below)
