@@ -155,8 +155,12 @@ class SeparationModule(pl.LightningModule):
                 "or check the data"
             )
 
+    def parameter_groups(self) -> list:
+        """What Adam trains: the trainable weights, or parameter groups with their own settings (GLOM's codes)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
     def configure_optimizers(self):
-        opt, sched = self.adam_with_schedule([p for p in self.parameters() if p.requires_grad])
+        opt, sched = self.adam_with_schedule(self.parameter_groups())
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

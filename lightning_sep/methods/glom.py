@@ -89,13 +89,9 @@ class GLOM(SeparationModule):
         loss = F.l1_loss(drawn.float(), target[..., : drawn.shape[-2], : drawn.shape[-1]])
         return {"loss": loss, "l1_glo": loss.detach()}
 
-    def configure_optimizers(self):
-        groups = [{"params": self.generator.parameters()},
-                  {"params": self.codes.parameters(), "lr": self.cfg.glom.latent_lr}]
-        opt, sched = self.adam_with_schedule(groups)
-        if sched is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    def parameter_groups(self) -> list:
+        return [{"params": self.generator.parameters()},
+                {"params": self.codes.parameters(), "lr": self.cfg.glom.latent_lr}]
 
     # ------------------------------------------------------------------ steps 2 and 3: explain Y, mask it
     def masks(self, mix: Tensor, spec: Tensor | None = None) -> Tensor:
