@@ -37,7 +37,7 @@ endef
 demo: $(VENV)/.installed debian-demo
 	$(BIN)/lightning-sep demo
 
-# NES beside its baselines on demo-speech-noise: the bound, NES, GLO masking and NES-FT (CPU: about 40 minutes)
+# NES beside its baselines on demo-speech-noise: the bound, NES, GLO masking and NES-FT (CPU: about an hour)
 demo-nes: $(VENV)/.installed debian-demo
 	$(BIN)/lightning-sep demo --suite nes
 
