@@ -9,13 +9,13 @@ import os
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, identity, load_config
 from .data.datamodule import SeparationDataModule
 from .data.shards import DatasetError, DatasetInfo
 from .methods import METHODS, SCHEMAS
+from .methods.base import read_checkpoint
 from .results import write_results
 from .runs import (
     RUN_DIR_ENV,
@@ -100,7 +100,7 @@ def fit(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
 def _fit(cfg: DictConfig, method, info: DatasetInfo, folder: Path, extra: list[pl.Callback]) -> Path:
     ckpt = last_checkpoint(folder) if cfg.run.resume else None
     if ckpt is not None:
-        check_checkpoint(ckpt, cfg.method)
+        read_checkpoint(ckpt, cfg.method)
     if is_rank_zero():
         folder.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
@@ -130,28 +130,13 @@ def dataset_summary(info: DatasetInfo) -> dict:
             "clips": {f"{split}/{pool}": p.clips for split, pools in info.splits.items() for pool, p in pools.items()}}
 
 
-def check_checkpoint(path: Path, method: str | None) -> dict:
-    """The loaded checkpoint; an error if it is not ours or (``method`` given) was trained by another method."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ConfigError(f"{path}: not a readable checkpoint ({e})") from e
-    hparams = ckpt.get("hyper_parameters", {})
-    stored = hparams.get("config", {}).get("method")
-    if stored is None:
-        raise ConfigError(f"{path}: not a lightning_sep checkpoint (no stored config)")
-    if method is not None and stored != method:
-        raise ConfigError(f"{path}: checkpoint of method {stored!r}, but this config is for method {method!r}")
-    return ckpt
-
-
 def test(cfg: DictConfig, folder: Path, ckpt: Path | None = None) -> dict:
     """Score the run's checkpoint on the test split; writes results.json / results.md (rank 0)."""
     method = METHODS[cfg.method]
     ckpt = ckpt or last_checkpoint(folder)
     if ckpt is None:
         raise DatasetError(f"{folder}: no checkpoints/last.ckpt to test; train it first with `lightning-sep fit`")
-    step = check_checkpoint(ckpt, cfg.method).get("global_step", -1)
+    step = read_checkpoint(ckpt, cfg.method).get("global_step", -1)
     info = DatasetInfo.load(cfg.data.root)
     model = method.load_from_checkpoint(ckpt, map_location="cpu")
     model.cfg.eval = cfg.eval  # scoring settings come from the current config, not from training time

@@ -17,13 +17,13 @@ import torch
 import torchaudio
 
 from .methods import METHODS
+from .methods.base import read_checkpoint
 
 
 def load_model(checkpoint: Path, device: str = "cpu"):
     from .config import ConfigError
-    from .experiment import check_checkpoint
 
-    method = check_checkpoint(checkpoint, None)["hyper_parameters"]["config"]["method"]
+    method = read_checkpoint(checkpoint, None)["hyper_parameters"]["config"]["method"]
     if method not in METHODS:
         raise FileNotFoundError(f"{checkpoint}: trained by method {method!r}, which this version does not have")
     model = METHODS[method].load_from_checkpoint(checkpoint, map_location=device).eval()

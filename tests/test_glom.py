@@ -131,7 +131,7 @@ def test_nes_ft_starts_from_the_glom_estimates(toy_dataset, runs, glom_run):
 
 
 def test_nes_ft_without_a_glom_run_names_the_fix(toy_dataset, tmp_path):
-    with pytest.raises(ConfigError, match="train GLOM first"):
+    with pytest.raises(ConfigError, match="no such file; train the glom run first"):
         from lightning_sep.methods.glom import load_glom
 
         load_glom(tmp_path / "missing.ckpt", {"observed": "noise", "unobserved": "speech"})

@@ -141,7 +141,7 @@ def test_checkpoint_of_another_method_is_refused(trained, tmp_path):
     torch.save(ckpt, other)
     proc = cli("test", str(trained), "--ckpt", str(other))
     assert proc.returncode == 2
-    assert "checkpoint of method 'nes', but this config is for method 'supervised'" in proc.stderr
+    assert "checkpoint of method 'nes', but a 'supervised' checkpoint is needed here" in proc.stderr
 
 
 def test_nan_loss_stops_with_the_term_named(toy_dataset, tmp_path):

@@ -139,7 +139,7 @@ def test_silence_is_the_share_of_the_mixture_sent_to_absent_classes(weak_dataset
 def test_missing_classifier_is_a_clear_error(weak_dataset, tmp_path):
     proc = cli("fit", CLIP, *separator(weak_dataset, tmp_path))
     assert proc.returncode == 2
-    assert "no such file; train the classifier first" in proc.stderr
+    assert "no such file; train the classifier run first" in proc.stderr
 
 
 def test_unknown_label_ends_with_a_clear_error(tmp_path):

@@ -25,9 +25,35 @@ from torchmetrics import MeanMetric
 
 from .. import metrics
 from ..audio import STFT, Pixels
-from ..config import ExperimentConfig, config_from_dict
+from ..config import ConfigError, ExperimentConfig, config_from_dict
 from ..data.datamodule import PoolSpec
 from ..data.shards import DatasetInfo
+
+
+def read_checkpoint(path: str | Path, method: str | None = None) -> dict:
+    """The loaded checkpoint; an error if it is not ours or (``method`` given) was trained by another method."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"{path}: not a readable checkpoint ({e})") from e
+    hparams = ckpt.get("hyper_parameters", {})
+    stored = hparams.get("config", {}).get("method")
+    if stored is None:
+        raise ConfigError(f"{path}: not a lightning_sep checkpoint (no stored config)")
+    if method is not None and stored != method:
+        raise ConfigError(f"{path}: checkpoint of method {stored!r}, but a {method!r} checkpoint is needed here")
+    return ckpt
+
+
+def read_upstream_checkpoint(path: str | Path, method: str, key: str, example_config: str) -> tuple[dict, dict, dict]:
+    """(checkpoint, its config, its dataset summary) of the run a method builds on (WeakSep's classifier, NES-FT's
+    GLOM), named by config key ``key``; a missing file's error says how to train it."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}={str(path)!r}: no such file; train the {method} run first (lightning-sep fit "
+                          f"{example_config} with the same data.root and run.root), or give its "
+                          f"checkpoints/last.ckpt as {key}")
+    ckpt = read_checkpoint(path, method)
+    return ckpt, ckpt["hyper_parameters"]["config"], ckpt["hyper_parameters"].get("dataset", {})
 
 
 class NonFiniteLossError(RuntimeError):

@@ -25,7 +25,7 @@ from ..config import ConfigError, ExperimentConfig
 from ..data.datamodule import PoolSpec
 from ..data.shards import DatasetInfo
 from ..nets.glo import GLOConfig, GLOGenerator
-from .base import SeparationModule
+from .base import SeparationModule, read_upstream_checkpoint
 
 
 @dataclass
@@ -148,20 +148,12 @@ class GLOM(SeparationModule):
 def load_glom(path: str | Path, dataset: dict) -> GLOM:
     """The GLOM model of a `glom` run's checkpoint, for NES-FT; an error if it is another method's or was trained on
     other stems."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"nes.glom_checkpoint={str(path)!r}: no such file; train GLOM first (lightning-sep fit "
-                          "experiments/glom/demo_speech_noise.yaml with the same data.root and run.root), or give "
-                          "its checkpoints/last.ckpt as nes.glom_checkpoint")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    hparams = ckpt.get("hyper_parameters", {})
-    if hparams.get("config", {}).get("method") != "glom":
-        raise ConfigError(f"{path}: not a GLOM checkpoint (method {hparams.get('config', {}).get('method')!r})")
-    trained_on = hparams["dataset"]
+    ckpt, config, trained_on = read_upstream_checkpoint(path, "glom", "nes.glom_checkpoint",
+                                                        "experiments/glom/demo_speech_noise.yaml")
     if (trained_on["observed"], trained_on["unobserved"]) != (dataset["observed"], dataset["unobserved"]):
         raise ConfigError(f"{path}: GLOM was trained with observed={trained_on['observed']!r}, this dataset has "
                           f"observed={dataset['observed']!r}")
     with torch.inference_mode(False):  # loaded during a test, its weights must still serve the search's autograd
-        model = GLOM(hparams["config"], trained_on)
+        model = GLOM(config, trained_on)
         model.load_state_dict(ckpt["state_dict"])
     return model.requires_grad_(False).eval()

@@ -31,7 +31,7 @@ from ..data.datamodule import PoolSpec
 from ..data.shards import DatasetInfo
 from ..nets.classifier import ClassifierConfig, SoundEventClassifier, bce, pool
 from ..nets.unet import MaskUNet
-from .base import SeparationModule
+from .base import SeparationModule, read_upstream_checkpoint
 from .classifier import activity_at
 
 
@@ -64,16 +64,8 @@ class WeakSepConfig(ExperimentConfig):
 def load_classifier(path: str | Path, classes: list[str], sample_rate: int, n_fft: int) -> SoundEventClassifier:
     """The classifier of a `classifier` run's checkpoint, frozen; an error if it was trained on other classes or
     with another STFT."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"weaksep.classifier_checkpoint={str(path)!r}: no such file; train the classifier first "
-                          "(lightning-sep fit experiments/weaksep/classifier_demo_urban.yaml with the same data.root "
-                          "and run.root), or give its checkpoints/last.ckpt as weaksep.classifier_checkpoint")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    hparams = ckpt.get("hyper_parameters", {})
-    config, dataset = hparams.get("config", {}), hparams.get("dataset", {})
-    if config.get("method") != "classifier":
-        raise ConfigError(f"{path}: not a classifier checkpoint (method {config.get('method')!r})")
+    ckpt, config, dataset = read_upstream_checkpoint(path, "classifier", "weaksep.classifier_checkpoint",
+                                                     "experiments/weaksep/classifier_demo_urban.yaml")
     if list(dataset.get("classes", [])) != classes:
         raise ConfigError(f"{path}: the classifier knows classes {dataset.get('classes')}, this dataset {classes}")
     if config["stft"]["n_fft"] != n_fft or dataset.get("sample_rate") != sample_rate:
