@@ -105,7 +105,7 @@ def _fit(cfg: DictConfig, method, info: DatasetInfo, folder: Path, extra: list[p
         folder.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
         print(f"run folder: {folder}" + (f" (resuming from {ckpt})" if ckpt else ""), flush=True)
-    data = SeparationDataModule(cfg.data, method.train_pools(info), seed=cfg.seed,
+    data = SeparationDataModule(cfg.data, method.train_pools(info, cfg), seed=cfg.seed,
                                 forbidden=method.forbidden_stems(info))
     model = method(OmegaConf.to_container(cfg, resolve=True), dataset_summary(info))
     loggers = make_loggers(cfg, folder)

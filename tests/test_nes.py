@@ -79,7 +79,7 @@ def test_first_estimate_pool_is_the_scaled_mixture(toy_dataset, nes_run):
 
 def test_unobserved_stem_never_reaches_training(toy_dataset, nes_run):
     info = DatasetInfo.load(toy_dataset)
-    pools = NES.train_pools(info)
+    pools = NES.train_pools(info, None)
     pools["estimates"] = PoolSpec("train", "estimates", [ESTIMATE], root=str(nes_run / "nes" / "estimates-1"))
     # the shards themselves: no member of any pool NES trains on holds the unobserved stem
     assert members_of(toy_dataset, "train", "observed") == {"json", "noise.flac"}

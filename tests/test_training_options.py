@@ -80,6 +80,34 @@ def test_remix_draws_stem_k_from_the_clip_k_places_back_and_keeps_every_stem():
     torch.testing.assert_close(mixed.sum(0), sources.sum(0))  # each clip's stem used once
 
 
+def test_observed_share_draws_that_share_of_the_observed_stem_from_the_observed_pool():
+    from omegaconf import OmegaConf
+
+    cfg = load(CONFIG, ["data.root=unused", "net.depth=2", "net.channels=4", "supervised.observed_share=0.5"])
+    model = Supervised(OmegaConf.to_container(cfg, resolve=True), DATASET)
+    torch.manual_seed(0)
+    sources, observed = torch.randn(200, 2, 50), torch.randn(200, 50)
+    out = model.draw_observed(sources, observed)
+    torch.testing.assert_close(out[:, 0], sources[:, 0])  # speech stays the isolated pool's
+    drawn = torch.tensor([bool(torch.equal(o, b)) for o, b in zip(out[:, 1], observed, strict=True)])
+    kept = torch.tensor([bool(torch.equal(o, n)) for o, n in zip(out[:, 1], sources[:, 1], strict=True)])
+    assert bool((drawn ^ kept).all()) and 70 < int(drawn.sum()) < 130
+
+
+def test_observed_share_needs_an_observed_pool(toy_dataset):
+    from lightning_sep.data.shards import DatasetInfo
+
+    info = DatasetInfo.load(toy_dataset)
+    cfg = load(CONFIG, [f"data.root={toy_dataset}", "supervised.observed_share=0.5"])
+    assert set(Supervised.train_pools(info, cfg)) == {"isolated", "observed"}
+    assert Supervised.train_pools(info, cfg)["observed"].stems == [info.observed]
+    info.observed = None
+    with pytest.raises(ConfigError, match="supervised.observed_share=0.5 needs a train/observed pool"):
+        Supervised.train_pools(info, cfg)
+    with pytest.raises(ConfigError, match=r"supervised.observed_share=1.5 must be in \[0, 1\]"):
+        load(CONFIG, ["supervised.observed_share=1.5"])
+
+
 def test_thresholded_snr_loss_caps_sounding_stems_floors_silent_ones_and_is_scale_free():
     g = torch.Generator().manual_seed(0)
     loud, quiet = torch.randn(2, 1000, generator=g), 0.01 * torch.randn(2, 1000, generator=g)

@@ -96,7 +96,7 @@ class SeparationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ what a method provides
     @classmethod
-    def train_pools(cls, info: DatasetInfo) -> dict[str, PoolSpec]:
+    def train_pools(cls, info: DatasetInfo, cfg: DictConfig) -> dict[str, PoolSpec]:
         raise NotImplementedError
 
     @classmethod

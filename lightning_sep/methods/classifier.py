@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
 from torchmetrics.functional.classification import multilabel_average_precision, multilabel_f1_score
@@ -65,7 +66,7 @@ class Classifier(SeparationModule):
             raise ConfigError(f"classifier.pooling={cfg.classifier.pooling!r} is not one of {', '.join(POOLINGS)}")
 
     @classmethod
-    def train_pools(cls, info: DatasetInfo) -> dict[str, PoolSpec]:
+    def train_pools(cls, info: DatasetInfo, cfg: DictConfig) -> dict[str, PoolSpec]:
         return {"mixtures": PoolSpec("train", "mixtures", ["mix"])}
 
     @property

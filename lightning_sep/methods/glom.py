@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor
 
 from ..config import ConfigError, ExperimentConfig
@@ -74,7 +75,7 @@ class GLOM(SeparationModule):
                               "its own level; set data.gain_db=[0.0,0.0]")
 
     @classmethod
-    def train_pools(cls, info: DatasetInfo) -> dict[str, PoolSpec]:
+    def train_pools(cls, info: DatasetInfo, cfg: DictConfig) -> dict[str, PoolSpec]:
         return {"observed": PoolSpec("train", "observed", [info.observed], indexed=True)}
 
     @classmethod

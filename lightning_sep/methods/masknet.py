@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor
 
 from ..config import ConfigError, ExperimentConfig
@@ -143,7 +144,7 @@ class MaskNet(SeparationModule):
         return 2 if any(cfg.masknet.weights[t] for t in GAN_TERMS) else 1
 
     @classmethod
-    def train_pools(cls, info: DatasetInfo) -> dict[str, PoolSpec]:
+    def train_pools(cls, info: DatasetInfo, cfg: DictConfig) -> dict[str, PoolSpec]:
         return {"mixtures": PoolSpec("train", "mixtures", ["mix"]),
                 "instrumentals": PoolSpec("train", "observed", [info.observed])}
 

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor
 
 from ..config import ConfigError, ExperimentConfig
@@ -123,7 +124,7 @@ class NES(SeparationModule):
             cfg.optim.schedule_steps = steps // iterations  # a re-created schedule runs its course per iteration
 
     @classmethod
-    def train_pools(cls, info: DatasetInfo) -> dict[str, PoolSpec]:
+    def train_pools(cls, info: DatasetInfo, cfg: DictConfig) -> dict[str, PoolSpec]:
         # the estimate pool is added by NESIterations once X̂₀ exists
         return {"observed": PoolSpec("train", "observed", [info.observed])}
 

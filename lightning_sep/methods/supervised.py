@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor
 
 from ..config import ConfigError, ExperimentConfig
@@ -62,6 +63,9 @@ class SupervisedParams:
     leak_floor_db: float = -20.0  # loss=snr: a silent stem's output energy (dB re the mixture) below which it earns
     #                               nothing more
     loss_stems: list[str] = field(default_factory=list)  # stems the loss scores (empty: every stem)
+    observed_share: float = 0.0  # share of training examples whose observed stem (e.g. noise) comes from the
+    #                              train/observed pool, the clips semi-supervised methods see alone: the bound then
+    #                              knows all that NES knows (datasets with an observed stem)
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Supervised(SeparationModule):
         super().__init__(config, dataset)
         self.net = MaskUNet(len(self.stems), self.cfg.net)
         self.average_weights()
+        self.observed = dataset.get("observed")
         if self.is_image and self.cfg.supervised.loss != "magnitude_l1":
             raise ConfigError(f"supervised.loss={self.cfg.supervised.loss!r} needs audio; on images use magnitude_l1")
         unknown = set(self.cfg.supervised.loss_stems) - set(self.stems)
@@ -87,13 +92,23 @@ class Supervised(SeparationModule):
     def resolve_config(cls, cfg) -> None:
         if cfg.supervised.loss not in LOSSES:
             raise ConfigError(f"supervised.loss={cfg.supervised.loss!r} is not one of {', '.join(map(repr, LOSSES))}")
+        if not 0 <= cfg.supervised.observed_share <= 1:
+            raise ConfigError(f"supervised.observed_share={cfg.supervised.observed_share} must be in [0, 1]")
 
     @classmethod
-    def train_pools(cls, info: DatasetInfo) -> dict[str, PoolSpec]:
-        return {"isolated": PoolSpec("train", "isolated", list(info.stems))}
+    def train_pools(cls, info: DatasetInfo, cfg: DictConfig) -> dict[str, PoolSpec]:
+        pools = {"isolated": PoolSpec("train", "isolated", list(info.stems))}
+        if cfg.supervised.observed_share:
+            if info.observed is None or "observed" not in info.splits.get("train", {}):
+                raise ConfigError(f"supervised.observed_share={cfg.supervised.observed_share} needs a train/observed "
+                                  f"pool; {info.root} has none (set it to 0)")
+            pools["observed"] = PoolSpec("train", "observed", [info.observed])
+        return pools
 
     def training_losses(self, batch: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
         sources = torch.stack([batch["isolated"][s] for s in self.stems], dim=1)  # (B, K, T)
+        if self.cfg.supervised.observed_share:
+            sources = self.draw_observed(sources, batch["observed"][self.observed])
         if self.cfg.supervised.remix:
             sources = remix(sources)
         mix = sources.sum(dim=1)
@@ -112,3 +127,11 @@ class Supervised(SeparationModule):
             return {"loss": loss, "neg_snr": loss.detach()}
         loss = F.l1_loss(masks * spec.abs().unsqueeze(1), self.front_end(sources).abs())
         return {"loss": loss, "l1_magnitude": loss.detach()}
+
+    def draw_observed(self, sources: Tensor, observed: Tensor) -> Tensor:
+        """Replace the observed stem of a random ``observed_share`` of the examples with clips of train/observed."""
+        k = self.stems.index(self.observed)
+        drawn = torch.rand(sources.shape[0], 1, device=sources.device) < self.cfg.supervised.observed_share
+        sources = sources.clone()
+        sources[:, k] = torch.where(drawn, observed, sources[:, k])
+        return sources

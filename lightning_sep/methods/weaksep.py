@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor
 
 from ..config import ConfigError, ExperimentConfig
@@ -110,7 +111,7 @@ class WeakSep(SeparationModule):
             raise ConfigError(f"weaksep.mask={w.mask!r} is not one of 'softmax', 'sigmoid'")
 
     @classmethod
-    def train_pools(cls, info: DatasetInfo) -> dict[str, PoolSpec]:
+    def train_pools(cls, info: DatasetInfo, cfg: DictConfig) -> dict[str, PoolSpec]:
         return {"mixtures": PoolSpec("train", "mixtures", ["mix"])}
 
     @classmethod
