@@ -41,7 +41,8 @@ class StepClock(pl.Callback):
 
 def build(cfg):
     method = METHODS[cfg.method]
-    data = SeparationDataModule(cfg.data, method.train_pools(SeparationDataModule(cfg.data, {}).info), seed=cfg.seed)
+    info = SeparationDataModule(cfg.data, {}).info
+    data = SeparationDataModule(cfg.data, method.train_pools(info, cfg), seed=cfg.seed)
     model = method(OmegaConf.to_container(cfg, resolve=True), dataset_summary(data.info))
     return data, model
 
