@@ -151,7 +151,7 @@ def test_nes_observed_gain_scales_b_inside_its_range_and_keeps_the_sum():
     assert gains.min() >= 10 ** (-20 / 20) - 1e-6 and gains.max() <= 10 ** (-6 / 20) + 1e-6
     assert gains.std() > 0.05  # drawn, not fixed
     torch.testing.assert_close(y, scaled + x_hat)
-    plain = load(NES_CONFIG, ["data.root=unused", "net.depth=2", "net.channels=4"])
+    plain = load(NES_CONFIG, ["data.root=unused", "net.depth=2", "net.channels=4", "nes.observed_gain_db=[0,0]"])
     same, _ = NES(OmegaConf.to_container(plain, resolve=True), DATASET).synthetic_mixture(b, x_hat)
     assert torch.equal(same, b)  # the authors' setting: b as drawn
     with pytest.raises(ConfigError, match="observed_gain_db"):

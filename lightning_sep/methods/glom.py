@@ -146,11 +146,12 @@ class GLOM(SeparationModule):
         return self.front_end.apply_masks(mask.unsqueeze(1), mix, rep)[:, 0]
 
 
-def load_glom(path: str | Path, dataset: dict) -> GLOM:
-    """The GLOM model of a `glom` run's checkpoint, for NES-FT; an error if it is another method's or was trained on
-    other stems."""
+def load_glom(path: str | Path, dataset: dict,
+              upstream_config: str = "experiments/glom/demo_speech_noise.yaml") -> GLOM:
+    """The GLOM model of a `glom` run's checkpoint, for NES-FT; an error if it is another method's, was trained on
+    other stems, or is missing (saying to train ``upstream_config``)."""
     ckpt, config, trained_on = read_upstream_checkpoint(path, "glom", "nes.glom_checkpoint",
-                                                        "experiments/glom/demo_speech_noise.yaml")
+                                                        upstream_config)
     if (trained_on["observed"], trained_on["unobserved"]) != (dataset["observed"], dataset["unobserved"]):
         raise ConfigError(f"{path}: GLOM was trained with observed={trained_on['observed']!r}, this dataset has "
                           f"observed={dataset['observed']!r}")

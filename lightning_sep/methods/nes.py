@@ -168,7 +168,7 @@ class NES(SeparationModule):
         if self._glom is None:  # kept out of the module's state: the GLOM run's checkpoint holds it
             from .glom import load_glom
 
-            self._glom = [load_glom(self.cfg.nes.glom_checkpoint, self.hparams["dataset"])]
+            self._glom = [load_glom(self.cfg.nes.glom_checkpoint, self.hparams["dataset"], self.cfg.nes.glom_config)]
         with torch.inference_mode(False):
             glom = self._glom[0].to(mix.device)
         return glom.estimate_unobserved(mix)

@@ -62,11 +62,12 @@ class WeakSepConfig(ExperimentConfig):
     weaksep: WeakSepParams = field(default_factory=WeakSepParams)
 
 
-def load_classifier(path: str | Path, classes: list[str], sample_rate: int, n_fft: int) -> SoundEventClassifier:
+def load_classifier(path: str | Path, classes: list[str], sample_rate: int, n_fft: int,
+                    upstream_config: str = WeakSepParams.classifier_config) -> SoundEventClassifier:
     """The classifier of a `classifier` run's checkpoint, frozen; an error if it was trained on other classes or
-    with another STFT."""
+    with another STFT, or if it is missing (saying to train ``upstream_config``)."""
     ckpt, config, dataset = read_upstream_checkpoint(path, "classifier", "weaksep.classifier_checkpoint",
-                                                     "experiments/weaksep/classifier_demo_urban.yaml")
+                                                     upstream_config)
     if list(dataset.get("classes", [])) != classes:
         raise ConfigError(f"{path}: the classifier knows classes {dataset.get('classes')}, this dataset {classes}")
     if config["stft"]["n_fft"] != n_fft or dataset.get("sample_rate") != sample_rate:
@@ -100,7 +101,8 @@ class WeakSep(SeparationModule):
         w = self.cfg.weaksep
         self.net = MaskUNet(len(self.classes), self.cfg.net, activation=w.mask)
         self.average_weights()
-        self.assessor = load_classifier(w.classifier_checkpoint, self.classes, self.sample_rate, self.cfg.stft.n_fft)
+        self.assessor = load_classifier(w.classifier_checkpoint, self.classes, self.sample_rate, self.cfg.stft.n_fft,
+                                        w.classifier_config)
 
     @classmethod
     def resolve_config(cls, cfg) -> None:
