@@ -42,6 +42,7 @@ SUITES = {
         ("classifier (frozen assessor)", "weaksep/classifier_demo_urban.yaml"),  # WeakSep finds it by its config
         ("supervised (upper bound)", "supervised/demo_urban.yaml"),
         ("WeakSep, clip-level labels", "weaksep/demo_urban_clip.yaml"),
+        ("classifier, frame-level labels", "weaksep/classifier_demo_urban_frame.yaml"),  # the frame run's assessor
         ("WeakSep, frame-level labels", "weaksep/demo_urban_frame.yaml"),
     )),
 }
