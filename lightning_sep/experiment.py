@@ -60,7 +60,7 @@ def upstream_run(cfg: DictConfig, config: str, method: str, key: str) -> Path:
 def make_trainer(cfg: DictConfig, folder: Path, loggers, callbacks, for_fit: bool) -> pl.Trainer:
     t = cfg.trainer
     reload = METHODS[cfg.method].reload_train_data_each_epoch
-    steps = t.max_steps * optimizer_steps_per_batch(cfg)
+    steps = METHODS[cfg.method].optimizer_steps(cfg)
     strategy = t.strategy
     if METHODS[cfg.method].ddp_find_unused_parameters and strategy in ("ddp", "ddp_spawn"):
         strategy += "_find_unused_parameters_true"

@@ -32,7 +32,8 @@ def small(root: Path, runs: Path, *extra: str) -> list[str]:
     return [f"data.root={root}", f"run.root={runs}", "data.segment_seconds=0.5", "data.batch_size=4",
             "data.num_workers=1", "data.valid_clips=4", "stft.n_fft=256", "stft.win_length=256", "stft.hop_length=64",
             "net.depth=2", "net.channels=8", "net.top_channels=0", "masknet.discriminator.channels=4",
-            "masknet.discriminator.layers=2", "masknet.discriminator.scales=2", "trainer.max_steps=6",
+            "masknet.discriminator.layers=2", "masknet.discriminator.scales=2", "masknet.discriminator_warmup=0",
+            "trainer.max_steps=6",
             "trainer.val_every_n_steps=3", "trainer.checkpoint_every_n_steps=3", "trainer.progress_bar=false",
             "trainer.precision=32-true", "trainer.log_every_n_steps=1", "eval.examples=1", "logging.wandb=false",
             *extra]
@@ -240,3 +241,41 @@ def test_ddp_two_processes(toy_dataset, tmp_path):
     ok(cli("test", str(folder), *ddp))
     results = json.loads((folder / "results.json").read_text())
     assert len(results["clips"]) == 9 and results["paper_table"]["rows"][0][0] == "MaskNet"
+
+
+def test_discriminator_warmup_comes_before_the_generators_steps(toy_dataset, tmp_path):
+    """Two warm-up batches train only the discriminators; trainer.max_steps still counts generator steps."""
+    cfg = experiment.load(REPO / CONFIG, small(toy_dataset, tmp_path, "trainer.max_steps=3",
+                                               "masknet.discriminator_warmup=2", "masknet.discriminator_lr_scale=4"))
+    folder = experiment.fit(cfg)
+    ckpt = torch.load(folder / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2 + 2 * 3
+    g_state, d_state = (o["state"] for o in ckpt["optimizer_states"])
+    assert {float(s["step"]) for s in g_state.values()} == {3.0}  # Adam's own count of its updates
+    assert {float(s["step"]) for s in d_state.values()} == {5.0}
+    assert [s["last_epoch"] for s in ckpt["lr_schedulers"]] == [3, 5]  # each schedule steps with its optimizer
+    g_lr, d_lr = (o["param_groups"][0]["initial_lr"] for o in ckpt["optimizer_states"])
+    assert d_lr == pytest.approx(4 * g_lr)
+    with open(next((folder / "csv").rglob("metrics.csv"))) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss_d")]
+    assert [bool(r["train/loss_g"]) for r in rows] == [False, False, True, True, True]
+
+
+def test_normalized_discriminator_input_ignores_the_level(toy_dataset):
+    torch.manual_seed(0)
+    spec = torch.randn(2, 65, 20, dtype=torch.complex64)
+    absolute = _module(toy_dataset, "masknet.discriminator_level=absolute")
+    normalized = _module(toy_dataset, "masknet.discriminator_level=normalized")
+    assert torch.allclose(normalized.d_input(3 * spec), normalized.d_input(spec), atol=1e-5)
+    assert not torch.allclose(absolute.d_input(3 * spec), absolute.d_input(spec), atol=1e-2)
+    with pytest.raises(ConfigError, match="masknet.discriminator_level='loud' is not one of"):
+        experiment.load(REPO / CONFIG, ["masknet.discriminator_level=loud"])
+
+
+def test_frequency_input_tells_the_discriminator_where_a_patch_lies(toy_dataset):
+    torch.manual_seed(0)
+    d = _module(toy_dataset, "masknet.discriminator.frequency_input=true").d_c
+    assert d.scales[0][0].in_channels == 2
+    flat = torch.ones(1, 64, 32)  # the same content in every band: only the frequency channel tells bands apart
+    scores = d(flat)[0][0, 0]
+    assert not torch.allclose(scores[0], scores[-1])

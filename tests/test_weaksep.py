@@ -136,6 +136,34 @@ def test_silence_is_the_share_of_the_mixture_sent_to_absent_classes(weak_dataset
     torch.testing.assert_close(losses["silence"], expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("verdict", ["pooled", "frames"])
+def test_frame_labels_ask_the_classifier_where_each_class_sounds(weak_dataset, runs, classifier_run, verdict):
+    overrides = separator(weak_dataset, runs, frozen(classifier_run), "weaksep.labels=frame",
+                          f"weaksep.frame_verdict={verdict}")
+    module = WeakSep(OmegaConf.to_container(experiment.load(REPO / CLIP, overrides)),
+                     experiment.dataset_summary(DatasetInfo.load(weak_dataset))).eval()
+    torch.manual_seed(0)
+    mix = 0.1 * torch.randn(1, 8000)
+    activity = torch.zeros(1, 3, 100)
+    activity[0, 1, :50] = 1  # class 1 in the first half, class 2 in the second; class 0 never
+    activity[0, 2, 50:] = 1
+    losses = module.training_losses({"mixtures": {"mix": mix, "labels": activity.amax(-1), "activity": activity}})
+    spec = module.front_end(mix)
+    outputs = module.masks(mix, spec) * spec.abs().unsqueeze(1)
+    frames = module.assessor(outputs[0])[1]  # (output, class, frame)
+    label_of_frame = (torch.arange(spec.shape[-1]) * module.cfg.stft.hop_length * 100 // 8000).clamp(max=99)
+    active = activity[0][:, label_of_frame].bool()  # (class, frame)
+    wrong = []
+    for k in (1, 2):
+        p = frames[k][:, active[k]]  # output k, every class, in the frames where class k sounds
+        if verdict == "pooled":  # the classifier's linear-softmax pooling over just those frames
+            p = (p**2).sum(-1, keepdim=True) / p.sum(-1, keepdim=True)
+        target = torch.zeros_like(p)
+        target[k] = 1
+        wrong.append(torch.nn.functional.binary_cross_entropy(p, target, reduction="none").mean(0))
+    torch.testing.assert_close(losses["classification"], torch.cat(wrong).mean(), rtol=1e-4, atol=1e-6)
+
+
 def test_missing_classifier_is_a_clear_error(weak_dataset, tmp_path):
     proc = cli("fit", CLIP, *separator(weak_dataset, tmp_path))
     assert proc.returncode == 2

@@ -105,6 +105,11 @@ class SeparationModule(pl.LightningModule):
         return 1
 
     @classmethod
+    def optimizer_steps(cls, cfg: DictConfig) -> int:
+        """Lightning's step count at the end of a run of ``trainer.max_steps`` batches."""
+        return cfg.trainer.max_steps * cls.optimizer_steps_per_batch(cfg)
+
+    @classmethod
     def forbidden_stems(cls, info: DatasetInfo) -> tuple[str, ...]:
         return ()
 
@@ -191,13 +196,16 @@ class SeparationModule(pl.LightningModule):
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def adam_with_schedule(self, params) -> tuple[torch.optim.Optimizer, Any]:
-        """Adam over ``params`` with the ``optim`` section's settings, and its lr schedule (None: constant)."""
+    def adam_with_schedule(self, params, lr_scale: float = 1.0, extra_steps: int = 0
+                           ) -> tuple[torch.optim.Optimizer, Any]:
+        """Adam over ``params`` with the ``optim`` section's settings (its lr times ``lr_scale``), and its lr
+        schedule (None: constant; a cosine one ``extra_steps`` longer than optim.schedule_steps)."""
         o = self.cfg.optim
-        opt = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        opt = torch.optim.Adam(params, lr=o.lr * lr_scale, betas=tuple(o.betas), weight_decay=o.weight_decay)
         if o.schedule == "cosine":
+            total = o.schedule_steps + extra_steps
             return opt, torch.optim.lr_scheduler.LambdaLR(
-                opt, partial(cosine_factor, warmup=o.warmup_steps, total=o.schedule_steps, final=o.final_lr_ratio)
+                opt, partial(cosine_factor, warmup=o.warmup_steps, total=total, final=o.final_lr_ratio)
             )
         if o.schedule == "step" and o.decay_every_steps:
             return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=o.decay_every_steps, gamma=o.decay_factor)

@@ -13,6 +13,13 @@ with least-squares GAN losses and gradients flowing through v̂. Each batch take
 one generator step (the authors' order), each with its own Adam optimizer and schedule. A term with weight 0 is
 left out (that is how the ablations run); with both GAN weights 0 there are no discriminators at all.
 
+Only the discriminators know what vocals are, and at the identity g(y) = y every L1 term is zero: a g that
+learns faster than its critics settles there for good. So the discriminators may first be trained alone, for
+``masknet.discriminator_warmup`` batches, on the identity's outputs (to d_C a mixture is no instrumental, to d_A an
+instrumental is no mixture: both learn to spot vocals), then with a larger lr (``discriminator_lr_scale``), on level-normalized
+inputs (``discriminator_level``: a mixture is louder than an instrumental, which says nothing about vocals), and
+told each bin's frequency (``discriminator.frequency_input``).
+
 Our choices where the authors' code is silent or inconsistent:
 
 - the L1 terms and the discriminators see compressed magnitudes |S|^p (``masknet.compression``, authors 0.3),
@@ -83,6 +90,12 @@ class MaskNetParams:
     compression: float = 0.3  # the L1 terms and the discriminators see |S|^compression (authors: 0.3)
     mask_domain: str = "compressed"  # compressed: the mask multiplies |S|^compression (authors); linear: |S|
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    discriminator_level: str = "absolute"  # absolute: d_A and d_C see |S|^p as it is; normalized: each input
+    #   divided by its mean first (the authors rescale every chunk), so a level difference is no evidence
+    discriminator_lr_scale: float = 1.0  # the discriminators' lr is optim.lr times this (two time-scale updates)
+    discriminator_warmup: int = 0  # batches before the generator's first step that train only the discriminators,
+    #   on what the identity g would give (d_C: c vs y; d_A: y vs c), so that their first verdicts on g already
+    #   tell vocals from instruments (on top of trainer.max_steps; 0: none)
     clip_norm: float | None = None  # clip each network's gradient norm to this (None: no clipping)
     inference: InferenceParams = field(default_factory=InferenceParams)
 
@@ -126,13 +139,16 @@ class MaskNet(SeparationModule):
             raise ConfigError(f"masknet.compression={m.compression} must be in (0, 1]")
         choices = {"masknet.mask_domain": (m.mask_domain, ("compressed", "linear")),
                    "masknet.inference.post_filter": (m.inference.post_filter, ("none", "bilateral")),
-                   "masknet.inference.phase": (m.inference.phase, ("mixture", "griffin_lim"))}
+                   "masknet.inference.phase": (m.inference.phase, ("mixture", "griffin_lim")),
+                   "masknet.discriminator_level": (m.discriminator_level, ("absolute", "normalized"))}
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(repr, allowed))}")
         negative = [k for k, v in m.weights.items() if v < 0]
         if negative:
             raise ConfigError(f"masknet.weights.{negative[0]} must be >= 0 (0 leaves the term out)")
+        if m.discriminator_lr_scale <= 0 or m.discriminator_warmup < 0:
+            raise ConfigError("masknet.discriminator_lr_scale must be > 0 and masknet.discriminator_warmup >= 0")
         if m.inference.bilateral_size % 2 == 0:
             raise ConfigError(f"masknet.inference.bilateral_size={m.inference.bilateral_size} must be odd")
         if cfg.trainer.gradient_clip_val is not None:
@@ -142,6 +158,11 @@ class MaskNet(SeparationModule):
     @classmethod
     def optimizer_steps_per_batch(cls, cfg) -> int:
         return 2 if any(cfg.masknet.weights[t] for t in GAN_TERMS) else 1
+
+    @classmethod
+    def optimizer_steps(cls, cfg) -> int:
+        warmup = cfg.masknet.discriminator_warmup if cls.optimizer_steps_per_batch(cfg) == 2 else 0
+        return super().optimizer_steps(cfg) + warmup  # one discriminator step per warm-up batch
 
     @classmethod
     def train_pools(cls, info: DatasetInfo, cfg: DictConfig) -> dict[str, PoolSpec]:
@@ -169,26 +190,42 @@ class MaskNet(SeparationModule):
     def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> None:
         y = self.front_end(batch["mixtures"]["mix"])
         c = self.front_end(batch["instrumentals"][self.observed])
+        optimizers = self.optimizers()
+        opt_g, opt_d = optimizers if isinstance(optimizers, list) else (optimizers, None)
+        if opt_d is not None and self.trainer.global_step < self.cfg.masknet.discriminator_warmup:
+            # the discriminators first learn what the identity would give: g(y) = y, no instrumental, and
+            # ȳ = c, no mixture; that is, to tell mixtures (vocals) from instrumentals
+            losses = self.discriminator_step(opt_d, y, c, g_y=y, y_bar=c)
+            self.step_schedulers(discriminator_only=True)
+            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()})
+            return
         g_y = self.g(y)
         v_hat = y - g_y  # the vocal estimate; gradients flow through it in the generator step
         y_bar = v_hat + c  # synthetic mixture of our vocals with an unrelated instrumental
-        optimizers = self.optimizers()
-        opt_g, opt_d = optimizers if isinstance(optimizers, list) else (optimizers, None)
         losses = self.discriminator_step(opt_d, y, c, g_y.detach(), y_bar.detach()) if opt_d else {}
         losses |= self.generator_step(opt_g, y, c, g_y, v_hat, y_bar)
-        schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
-            scheduler.step()
+        self.step_schedulers()
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()})
         self.log("loss", losses["loss_g"].detach(), prog_bar=True, logger=False)
+
+    def step_schedulers(self, discriminator_only: bool = False) -> None:
+        schedulers = self.lr_schedulers()
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []
+        for scheduler in schedulers[1:] if discriminator_only else schedulers:  # (generator, discriminators)
+            scheduler.step()
+
+    def d_input(self, spec: Tensor) -> Tensor:
+        """What the discriminators see: |S|^p, divided by its mean per example with discriminator_level: normalized."""
+        z = self.compressed(spec)
+        return z / z.mean(dim=(-2, -1), keepdim=True) if self.cfg.masknet.discriminator_level == "normalized" else z
 
     def discriminator_step(self, opt, y: Tensor, c: Tensor, g_y: Tensor, y_bar: Tensor) -> dict[str, Tensor]:
         w = self.cfg.masknet.weights
         losses = {}
         if self.d_c is not None:
-            losses["d_c"] = lsgan_discriminator_loss(self.d_c, self.compressed(c), self.compressed(g_y))
+            losses["d_c"] = lsgan_discriminator_loss(self.d_c, self.d_input(c), self.d_input(g_y))
         if self.d_a is not None:
-            losses["d_a"] = lsgan_discriminator_loss(self.d_a, self.compressed(y), self.compressed(y_bar))
+            losses["d_a"] = lsgan_discriminator_loss(self.d_a, self.d_input(y), self.d_input(y_bar))
         losses["loss_d"] = w.gan_c * losses.get("d_c", 0) + w.gan_a * losses.get("d_a", 0)
         self.update(opt, losses["loss_d"], losses)
         return losses
@@ -211,9 +248,9 @@ class MaskNet(SeparationModule):
         if w.r4:
             losses["r4"] = self.l1(y_bar - out["y_bar"], v_hat)
         if self.d_c is not None:
-            losses["gan_c"] = lsgan_generator_loss(self.d_c, self.compressed(g_y))
+            losses["gan_c"] = lsgan_generator_loss(self.d_c, self.d_input(g_y))
         if self.d_a is not None:
-            losses["gan_a"] = lsgan_generator_loss(self.d_a, self.compressed(y_bar))
+            losses["gan_a"] = lsgan_generator_loss(self.d_a, self.d_input(y_bar))
         losses["loss_g"] = sum(w[k] * v for k, v in losses.items())
         self.update(opt, losses["loss_g"], losses)
         return losses
@@ -230,12 +267,15 @@ class MaskNet(SeparationModule):
         self.untoggle_optimizer(opt)
 
     def configure_optimizers(self):
-        # both networks: Adam with the optim section's settings (authors: lr 1e-4, betas 0.5/0.999, decay 1e-4)
+        # both networks: Adam with the optim section's settings (authors: lr 1e-4, betas 0.5/0.999, decay 1e-4);
+        # the discriminators' lr scaled by masknet.discriminator_lr_scale
         discriminators = [d for d in (self.d_a, self.d_c) if d is not None]
         groups = [list(self.net.parameters())]
         if discriminators:
             groups.append([p for d in discriminators for p in d.parameters()])
-        pairs = [self.adam_with_schedule(group) for group in groups]
+        scales = [1.0, self.cfg.masknet.discriminator_lr_scale]
+        extra = [0, self.cfg.masknet.discriminator_warmup]  # the discriminators' schedule spans their warm-up too
+        pairs = [self.adam_with_schedule(group, scale, more) for group, scale, more in zip(groups, scales, extra)]
         optimizers = [opt for opt, _ in pairs]
         schedulers = [sched for _, sched in pairs if sched is not None]
         return (optimizers, schedulers) if schedulers else optimizers

@@ -6,7 +6,8 @@ same weak labels (``lightning-sep fit experiments/weaksep/classifier_*.yaml``) a
 
 - **classification loss**: output k of a mixture that holds class k must be classified as class k and as none of
   the other classes (binary cross-entropy against the one-hot target of k). With clip-level labels this is asked of
-  the clip probability; with frame-level labels of the frame probabilities, in the frames where class k is active;
+  the clip probability; with frame-level labels of the frame probabilities pooled over the frames where class k is
+  active (``weaksep.frame_verdict: pooled``), or of each of those frames (``frames``);
 - **silence loss**: an output whose class is absent (from the clip, or from the frame with frame-level labels)
   must be silent: the masked magnitude sent to absent classes, as a share of the mixture's;
 - **mixture consistency**: the outputs sum to the mixture. With ``weaksep.mask: softmax`` the masks sum to one in
@@ -53,6 +54,8 @@ class WeakSepParams:
     #   experiment whose run (under this run.root, on this data.root) provides the checkpoint
     classifier_checkpoint: str | None = None  # or that checkpoint given directly (None: found from classifier_config)
     labels: str = "clip"  # clip: clip-level labels; frame: frame-level activity (from the clips' events)
+    frame_verdict: str = "pooled"  # labels: frame only. pooled: output k's frame probabilities pooled (as the
+    #   classifier pools) over the frames where class k is active; frames: each of those frames on its own
     mask: str = "softmax"  # softmax: masks sum to one (mixture consistency exact); sigmoid: free masks + loss term
     weights: WeakSepWeights = field(default_factory=WeakSepWeights)
 
@@ -109,6 +112,8 @@ class WeakSep(SeparationModule):
         w = cfg.weaksep
         if w.labels not in ("clip", "frame"):
             raise ConfigError(f"weaksep.labels={w.labels!r} is not one of 'clip', 'frame'")
+        if w.frame_verdict not in ("pooled", "frames"):
+            raise ConfigError(f"weaksep.frame_verdict={w.frame_verdict!r} is not one of 'pooled', 'frames'")
         if w.mask not in ("softmax", "sigmoid"):
             raise ConfigError(f"weaksep.mask={w.mask!r} is not one of 'softmax', 'sigmoid'")
 
@@ -144,8 +149,15 @@ class WeakSep(SeparationModule):
             silent = (1 - present)[..., None, None]  # (B, K, 1, 1): the whole output
         else:
             active = activity_at(clips["activity"], n_frames, self.cfg.stft.hop_length, self.sample_rate)  # (B,K,N)
-            wrong = bce(frame_p, one_hot.expand(b, k, k, n_frames), reduction="none").mean(2)  # (B, K, N)
-            classification = (wrong * active).sum() / active.sum().clamp_min(1)
+            if w.frame_verdict == "pooled":
+                present = active.amax(-1)  # (B, K)
+                where = active[:, :, None, :]  # output k is judged where class k sounds
+                verdict = pool(frame_p, self.assessor.cfg.pooling, where)  # (B, K, K)
+                wrong = bce(verdict, one_hot[..., 0].expand(b, k, k), reduction="none").mean(-1)  # (B, K)
+                classification = (wrong * present).sum() / present.sum().clamp_min(1)
+            else:
+                wrong = bce(frame_p, one_hot.expand(b, k, k, n_frames), reduction="none").mean(2)  # (B, K, N)
+                classification = (wrong * active).sum() / active.sum().clamp_min(1)
             silent = (1 - active)[:, :, None, :]  # (B, K, 1, N): the frames where the class is inactive
         # the share of the mixture sent to absent classes: summed over them, so a lone event cannot leak a fifth of
         # itself into each of five absent outputs at the price of one fifth

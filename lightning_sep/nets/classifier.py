@@ -121,10 +121,14 @@ def bce(probabilities: Tensor, targets: Tensor, reduction: str = "mean") -> Tens
         return F.binary_cross_entropy(probabilities.float(), targets.float(), reduction=reduction)
 
 
-def pool(frames: Tensor, how: str) -> Tensor:
-    """(B, C, N) frame probabilities → (B, C) clip probabilities."""
+def pool(frames: Tensor, how: str, where: Tensor | None = None) -> Tensor:
+    """(..., N) frame probabilities → (...) clip probabilities; over the frames where ``where`` (broadcast to
+    ``frames``, 0 or 1) is 1, when given (none: 0)."""
+    if where is None:
+        where = torch.ones_like(frames)
+    where = where.expand_as(frames).to(frames.dtype)
     if how == "max":
-        return frames.amax(dim=-1)
+        return (frames * where).amax(dim=-1)
     if how == "mean":
-        return frames.mean(dim=-1)
-    return (frames**2).sum(-1) / frames.sum(-1).clamp_min(1e-7)
+        return (frames * where).sum(-1) / where.sum(-1).clamp_min(1)
+    return (frames**2 * where).sum(-1) / (frames * where).sum(-1).clamp_min(1e-7)

@@ -21,6 +21,8 @@ class DiscriminatorConfig:
     layers: int = 4  # 4×4 stride-2 convolutions per scale
     channels: int = 64  # channels of the first layer; doubled at each layer after it
     max_channels: int = 512  # cap on channels per layer
+    frequency_input: bool = False  # a second input channel holding each bin's frequency (0 to 1), so a patch
+    #                                knows its register (convolutions alone see every band alike)
 
 
 class MultiScaleDiscriminator(nn.Module):
@@ -34,7 +36,7 @@ class MultiScaleDiscriminator(nn.Module):
     @staticmethod
     def _scale(cfg: DiscriminatorConfig) -> nn.Sequential:
         layers: list[nn.Module] = []
-        cin = 1
+        cin = 2 if cfg.frequency_input else 1
         for i in range(cfg.layers):
             cout = min(cfg.channels * 2**i, cfg.max_channels)
             layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
@@ -44,6 +46,10 @@ class MultiScaleDiscriminator(nn.Module):
 
     def forward(self, spec: Tensor) -> list[Tensor]:
         x = spec.unsqueeze(1)
+        if self.cfg.frequency_input:
+            b, n_freq, n_frames = spec.shape
+            height = torch.linspace(0, 1, n_freq, device=spec.device, dtype=spec.dtype)
+            x = torch.cat([x, height.view(1, 1, n_freq, 1).expand(b, 1, n_freq, n_frames)], dim=1)
         scores = []
         for i, scale in enumerate(self.scales):
             if i:
