@@ -15,15 +15,16 @@ left out (that is how the ablations run); with both GAN weights 0 there are no d
 
 Only the discriminators know what vocals are, and at the identity g(y) = y every L1 term is zero: a g that
 learns faster than its critics settles there for good. So the discriminators may first be trained alone, for
-``masknet.discriminator_warmup`` batches, on the identity's outputs (to d_C a mixture is no instrumental, to d_A an
-instrumental is no mixture: both learn to spot vocals), then with a larger lr (``discriminator_lr_scale``), on level-normalized
-inputs (``discriminator_level``: a mixture is louder than an instrumental, which says nothing about vocals), and
-told each bin's frequency (``discriminator.frequency_input``).
+``masknet.discriminator_warmup`` batches, on the identity's outputs (to d_C a mixture is no instrumental, to d_A
+an instrumental is no mixture: both learn to spot vocals); they may learn faster (``discriminator_lr_scale``), see
+level-normalized inputs (``discriminator_level``: a mixture is louder than an instrumental, which says nothing
+about vocals) and each bin's frequency (``discriminator.frequency_input``).
 
 Our choices where the authors' code is silent or inconsistent:
 
-- the L1 terms and the discriminators see compressed magnitudes |S|^p (``masknet.compression``, authors 0.3),
-  without the authors' per-chunk rescaling (the recipes set levels);
+- the L1 terms and the discriminators see compressed magnitudes |S|^p (``masknet.compression``, authors 0.3);
+  the authors' per-chunk rescaling is left out for the L1 terms (the recipes set levels) and is the
+  discriminators' ``discriminator_level: normalized``;
 - ``masknet.mask_domain: compressed`` multiplies |S|^p by the mask as the authors do, i.e. |S| by mask^(1/p);
 - synthetic mixtures are sums of complex spectra (= sums of waveforms), not of compressed magnitudes: NES
   lost most of its quality when magnitudes were summed instead of waveforms;
@@ -273,9 +274,10 @@ class MaskNet(SeparationModule):
         groups = [list(self.net.parameters())]
         if discriminators:
             groups.append([p for d in discriminators for p in d.parameters()])
-        scales = [1.0, self.cfg.masknet.discriminator_lr_scale]
-        extra = [0, self.cfg.masknet.discriminator_warmup]  # the discriminators' schedule spans their warm-up too
-        pairs = [self.adam_with_schedule(group, scale, more) for group, scale, more in zip(groups, scales, extra)]
+        pairs = [self.adam_with_schedule(groups[0])]
+        if discriminators:  # the discriminators' schedule spans their warm-up too
+            m = self.cfg.masknet
+            pairs.append(self.adam_with_schedule(groups[1], m.discriminator_lr_scale, m.discriminator_warmup))
         optimizers = [opt for opt, _ in pairs]
         schedulers = [sched for _, sched in pairs if sched is not None]
         return (optimizers, schedulers) if schedulers else optimizers

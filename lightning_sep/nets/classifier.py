@@ -122,8 +122,8 @@ def bce(probabilities: Tensor, targets: Tensor, reduction: str = "mean") -> Tens
 
 
 def pool(frames: Tensor, how: str, where: Tensor | None = None) -> Tensor:
-    """(..., N) frame probabilities → (...) clip probabilities; over the frames where ``where`` (broadcast to
-    ``frames``, 0 or 1) is 1, when given (none: 0)."""
+    """(..., N) frame probabilities → (...) clip probabilities; only over the frames where ``where`` (0 or 1,
+    broadcast to ``frames``) is 1 when it is given (a row without such frames pools to 0)."""
     if where is None:
         where = torch.ones_like(frames)
     where = where.expand_as(frames).to(frames.dtype)
