@@ -124,8 +124,12 @@ def bce(probabilities: Tensor, targets: Tensor, reduction: str = "mean") -> Tens
 def pool(frames: Tensor, how: str, where: Tensor | None = None) -> Tensor:
     """(..., N) frame probabilities → (...) clip probabilities; only over the frames where ``where`` (0 or 1,
     broadcast to ``frames``) is 1 when it is given (a row without such frames pools to 0)."""
-    if where is None:
-        where = torch.ones_like(frames)
+    if where is None:  # the classifier's own forward pass: no mask to build
+        if how == "max":
+            return frames.amax(dim=-1)
+        if how == "mean":
+            return frames.mean(dim=-1)
+        return (frames**2).sum(-1) / frames.sum(-1).clamp_min(1e-7)
     where = where.expand_as(frames).to(frames.dtype)
     if how == "max":
         return (frames * where).amax(dim=-1)
