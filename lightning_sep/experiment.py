@@ -42,6 +42,9 @@ def load(config: str | Path, overrides: list[str]) -> DictConfig:
     if cfg.method == "weaksep" and cfg.weaksep.classifier_checkpoint is None:
         run = upstream_run(cfg, cfg.weaksep.classifier_config, "classifier", "weaksep.classifier_config")
         cfg.weaksep.classifier_checkpoint = str(run / "checkpoints" / "last.ckpt")
+    if cfg.method == "supervised" and cfg.supervised.assessor_weight and cfg.supervised.classifier_checkpoint is None:
+        run = upstream_run(cfg, cfg.supervised.classifier_config, "classifier", "supervised.classifier_config")
+        cfg.supervised.classifier_checkpoint = str(run / "checkpoints" / "last.ckpt")
     if cfg.method == "nes" and cfg.nes.init == "glom" and cfg.nes.glom_checkpoint is None:
         run = upstream_run(cfg, cfg.nes.glom_config, "glom", "nes.glom_config")
         cfg.nes.glom_checkpoint = str(run / "checkpoints" / "last.ckpt")

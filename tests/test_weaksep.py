@@ -16,10 +16,13 @@ from lightning_sep import experiment
 from lightning_sep.config import ConfigError
 from lightning_sep.data.datamodule import DataConfig, PoolSpec, SeparationDataModule
 from lightning_sep.data.shards import DatasetInfo
-from lightning_sep.methods.weaksep import WeakSep, classifier_weights
+from lightning_sep.methods.assessor import classifier_weights
+from lightning_sep.methods.supervised import Supervised
+from lightning_sep.methods.weaksep import WeakSep
 
 CLASSIFIER = "experiments/weaksep/classifier_demo_urban.yaml"
 CLIP, FRAME = "experiments/weaksep/demo_urban_clip.yaml", "experiments/weaksep/demo_urban_frame.yaml"
+BOUND = "experiments/supervised/demo_urban.yaml"
 
 
 def small(root: Path, runs: Path, *extra: str) -> list[str]:
@@ -162,6 +165,42 @@ def test_frame_labels_ask_the_classifier_where_each_class_sounds(weak_dataset, r
         target[k] = 1
         wrong.append(torch.nn.functional.binary_cross_entropy(p, target, reduction="none").mean(0))
     torch.testing.assert_close(losses["classification"], torch.cat(wrong).mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_bound_trains_with_the_frozen_classifier_as_a_second_term(weak_dataset, runs, classifier_run):
+    checkpoint = f"supervised.classifier_checkpoint={classifier_run / 'checkpoints/last.ckpt'}"
+    proc = ok(cli("fit", BOUND, *separator(weak_dataset, runs, checkpoint, "supervised.assessor_weight=2.0")))
+    folder = Path(proc.stdout.strip().splitlines()[-1])
+    state = _state(folder / "checkpoints/last.ckpt")
+    trained = classifier_weights(_state(classifier_run / "checkpoints/last.ckpt"))
+    assert all(torch.equal(state[f"assessor.{k}"], v) for k, v in trained.items())
+    header = (next((folder / "csv").rglob("metrics.csv"))).read_text().splitlines()[0]
+    assert "train/classification" in header and "train/neg_snr" in header
+    ok(cli("test", str(folder)))  # the test run rebuilds the module, assessor included, from the stored config
+    assert set(json.loads((folder / "results.json").read_text())["summary"]) == {*CLASSES, "background"}
+
+
+def test_bound_assessor_term_judges_the_sounding_classes_outputs(weak_dataset, runs, classifier_run):
+    checkpoint = f"supervised.classifier_checkpoint={classifier_run / 'checkpoints/last.ckpt'}"
+    cfg = experiment.load(REPO / BOUND, separator(weak_dataset, runs, checkpoint, "supervised.assessor_weight=2.0",
+                                                  "supervised.remix=false"))
+    module = Supervised(OmegaConf.to_container(cfg), experiment.dataset_summary(DatasetInfo.load(weak_dataset)))
+    module.eval()
+    torch.manual_seed(0)
+    sources = torch.zeros(2, 4, 8000)  # three classes and the background
+    sources[0, 1], sources[0, 3] = 0.1 * torch.randn(8000), 0.01 * torch.randn(8000)  # clip 0: class 1
+    sources[1, 0], sources[1, 2] = 0.1 * torch.randn(8000), 0.1 * torch.randn(8000)  # clip 1: classes 0 and 2
+    batch = {"isolated": {s: sources[:, i] for i, s in enumerate(module.stems)}}
+    losses = module.training_losses(batch)
+    mix = sources.sum(1)
+    spec = module.front_end(mix)
+    outputs = module.masks(mix, spec)[:, :3] * spec.abs().unsqueeze(1)
+    wrong = []
+    for b, k in ((0, 1), (1, 0), (1, 2)):
+        p = module.assessor(outputs[b, k : k + 1])[0][0]  # the clip probabilities of output k alone
+        wrong.append(torch.nn.functional.binary_cross_entropy(p, torch.eye(3)[k]))
+    torch.testing.assert_close(losses["classification"], torch.stack(wrong).mean(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(losses["loss"], losses["neg_snr"] + 2.0 * losses["classification"])
 
 
 def test_missing_classifier_is_a_clear_error(weak_dataset, tmp_path):

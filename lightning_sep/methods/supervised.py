@@ -2,6 +2,10 @@
 
 Every semi- and weakly-supervised method is measured against this: the same network and step budget,
 but trained on mixtures whose every source is known (the ``train/isolated`` pool).
+
+A bound must know at least what the method it bounds knows. WeakSep knows a frozen sound-event classifier, so the
+bound can take that classifier's verdict on its class outputs as a second term (``supervised.assessor_weight``,
+WeakSep's clip-level classification loss, with presence read from the references).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from ..data.datamodule import PoolSpec
 from ..data.shards import DatasetInfo
 from ..metrics import si_sdr
 from ..nets.unet import MaskUNet
+from .assessor import EXAMPLE_CONFIG, classification_loss, frame_verdicts, load_classifier
 from .base import SeparationModule
 
 LOSSES = ("magnitude_l1", "si_sdr", "snr")
@@ -63,6 +68,11 @@ class SupervisedParams:
     leak_floor_db: float = -20.0  # loss=snr: a silent stem's output energy (dB re the mixture) below which it earns
     #                               nothing more
     loss_stems: list[str] = field(default_factory=list)  # stems the loss scores (empty: every stem)
+    assessor_weight: float = 0.0  # weight of the frozen classifier's verdict on each sounding class's output
+    #                               (WeakSep's classification loss; 0: no classifier). Datasets with classes only
+    classifier_config: str = EXAMPLE_CONFIG  # assessor_weight > 0: the `classifier` experiment whose run (same
+    #                                          run.root and data.root) provides the frozen classifier
+    classifier_checkpoint: str | None = None  # or that checkpoint given directly (None: found from classifier_config)
     observed_share: float = 0.0  # share of training examples whose observed stem (e.g. noise) comes from the
     #                              train/observed pool, the clips semi-supervised methods see alone: the bound then
     #                              knows all that NES knows (datasets with an observed stem)
@@ -82,6 +92,14 @@ class Supervised(SeparationModule):
         self.net = MaskUNet(len(self.stems), self.cfg.net)
         self.average_weights()
         self.observed = dataset.get("observed")
+        self.classes = list(dataset.get("classes") or [])
+        if self.cfg.supervised.assessor_weight:
+            if not self.classes:
+                raise ConfigError("supervised.assessor_weight needs a dataset with classes (dataset.json has none); "
+                                  "set it to 0")
+            self.assessor = load_classifier(self.cfg.supervised.classifier_checkpoint, self.classes, self.sample_rate,
+                                            self.cfg.stft.n_fft, self.cfg.supervised.classifier_config,
+                                            "supervised.classifier_checkpoint")
         if self.is_image and self.cfg.supervised.loss != "magnitude_l1":
             raise ConfigError(f"supervised.loss={self.cfg.supervised.loss!r} needs audio; on images use magnitude_l1")
         unknown = set(self.cfg.supervised.loss_stems) - set(self.stems)
@@ -92,6 +110,8 @@ class Supervised(SeparationModule):
     def resolve_config(cls, cfg) -> None:
         if cfg.supervised.loss not in LOSSES:
             raise ConfigError(f"supervised.loss={cfg.supervised.loss!r} is not one of {', '.join(map(repr, LOSSES))}")
+        if cfg.supervised.assessor_weight < 0:
+            raise ConfigError(f"supervised.assessor_weight={cfg.supervised.assessor_weight} must be >= 0")
         if not 0 <= cfg.supervised.observed_share <= 1:
             raise ConfigError(f"supervised.observed_share={cfg.supervised.observed_share} must be in [0, 1]")
 
@@ -114,19 +134,40 @@ class Supervised(SeparationModule):
         mix = sources.sum(dim=1)
         spec = self.front_end(mix)  # once, for the network's input and for the masked output
         masks = self.masks(mix, spec)
+        losses = self.reference_loss(masks, sources, mix, spec)
+        if self.cfg.supervised.assessor_weight:
+            losses["classification"] = self.assessor_loss(masks, sources, mix, spec)
+        losses["loss"] = sum(value * (self.cfg.supervised.assessor_weight if name == "classification" else 1)
+                             for name, value in losses.items())
+        return losses
+
+    def reference_loss(self, masks: Tensor, sources: Tensor, mix: Tensor, spec: Tensor) -> dict[str, Tensor]:
+        """The outputs against the references, by ``supervised.loss``, on the stems of ``supervised.loss_stems``."""
         scored = [self.stems.index(s) for s in self.cfg.supervised.loss_stems] or list(range(len(self.stems)))
         masks, sources = masks[:, scored], sources[:, scored]
         if self.cfg.supervised.loss == "si_sdr":
             estimates = self.front_end.apply_masks(masks, mix, spec)
-            loss = -si_sdr(estimates, sources).nanmean()  # silent crops: NaN, skipped
-            return {"loss": loss, "neg_si_sdr": loss.detach()}
+            return {"neg_si_sdr": -si_sdr(estimates, sources).nanmean()}  # silent crops: NaN, skipped
         if self.cfg.supervised.loss == "snr":
             estimates = self.front_end.apply_masks(masks, mix, spec)
-            loss = thresholded_snr_loss(estimates, sources, mix, self.cfg.supervised.snr_max,
-                                        self.cfg.supervised.leak_floor_db)
-            return {"loss": loss, "neg_snr": loss.detach()}
-        loss = F.l1_loss(masks * spec.abs().unsqueeze(1), self.front_end(sources).abs())
-        return {"loss": loss, "l1_magnitude": loss.detach()}
+            return {"neg_snr": thresholded_snr_loss(estimates, sources, mix, self.cfg.supervised.snr_max,
+                                                    self.cfg.supervised.leak_floor_db)}
+        return {"l1_magnitude": F.l1_loss(masks * spec.abs().unsqueeze(1), self.front_end(sources).abs())}
+
+    def assessor_loss(self, masks: Tensor, sources: Tensor, mix: Tensor, spec: Tensor) -> Tensor:
+        """WeakSep's classification loss on the class outputs (as masked magnitudes, as WeakSep's), for the classes
+        whose reference sounds in the crop (the thresholded SNR's test: above -50 dB under the mixture)."""
+        at = [self.stems.index(c) for c in self.classes]
+        outputs = masks[:, at] * spec.abs().unsqueeze(1)
+        energy = sources[:, at].float().pow(2).sum(-1)
+        present = (energy > 1e-5 * mix.float().pow(2).sum(-1, keepdim=True)).float()
+        return classification_loss(frame_verdicts(self.assessor, outputs), present, self.assessor.cfg.pooling)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if hasattr(self, "assessor"):
+            self.assessor.eval()  # frozen: its batch-norm statistics must not follow the separator's outputs
+        return self
 
     def draw_observed(self, sources: Tensor, observed: Tensor) -> Tensor:
         """Replace the observed stem of a random ``observed_share`` of the examples with clips of train/observed."""

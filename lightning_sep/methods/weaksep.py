@@ -20,7 +20,6 @@ kept frozen and in eval mode (its batch-norm statistics do not move), and stored
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,9 +30,10 @@ from torch import Tensor
 from ..config import ConfigError, ExperimentConfig
 from ..data.datamodule import PoolSpec
 from ..data.shards import DatasetInfo
-from ..nets.classifier import ClassifierConfig, SoundEventClassifier, bce, pool
+from ..nets.classifier import bce
 from ..nets.unet import MaskUNet
-from .base import SeparationModule, read_upstream_checkpoint
+from .assessor import classification_loss, frame_verdicts, load_classifier
+from .base import SeparationModule
 from .classifier import activity_at
 
 
@@ -63,29 +63,6 @@ class WeakSepParams:
 @dataclass
 class WeakSepConfig(ExperimentConfig):
     weaksep: WeakSepParams = field(default_factory=WeakSepParams)
-
-
-def load_classifier(path: str | Path, classes: list[str], sample_rate: int, n_fft: int,
-                    upstream_config: str = WeakSepParams.classifier_config) -> SoundEventClassifier:
-    """The classifier of a `classifier` run's checkpoint, frozen; an error if it was trained on other classes or
-    with another STFT, or if it is missing (saying to train ``upstream_config``)."""
-    ckpt, config, dataset = read_upstream_checkpoint(path, "classifier", "weaksep.classifier_checkpoint",
-                                                     upstream_config)
-    if list(dataset.get("classes", [])) != classes:
-        raise ConfigError(f"{path}: the classifier knows classes {dataset.get('classes')}, this dataset {classes}")
-    if config["stft"]["n_fft"] != n_fft or dataset.get("sample_rate") != sample_rate:
-        raise ConfigError(f"{path}: the classifier was trained at {dataset.get('sample_rate')} Hz with n_fft "
-                          f"{config['stft']['n_fft']}; this run uses {sample_rate} Hz and n_fft {n_fft}: "
-                          "use the same stft section and dataset")
-    net = SoundEventClassifier(len(classes), ClassifierConfig(**config["classifier"]), sample_rate, n_fft)
-    net.load_state_dict(classifier_weights(ckpt["state_dict"]))
-    return net.requires_grad_(False).eval()
-
-
-def classifier_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The classifier's weights in a `classifier` run's state dict: its weight average when it kept one."""
-    prefix = "net_average.module." if any(k.startswith("net_average.module.") for k in state) else "net."
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class WeakSep(SeparationModule):
@@ -137,26 +114,20 @@ class WeakSep(SeparationModule):
         mixture = spec.abs()
         masks = self.masks(clips["mix"], spec)  # (B, K, F, N), one per class
         outputs = masks * mixture.unsqueeze(1)
-        b, k, n_freq, n_frames = outputs.shape
-        _, frame_p = self.assessor(outputs.reshape(b * k, n_freq, n_frames))
-        frame_p = frame_p.view(b, k, k, -1)  # (mixture, output, class, frame)
-        one_hot = torch.eye(k, device=outputs.device).view(1, k, k, 1)
+        n_frames = outputs.shape[-1]
+        frame_p = frame_verdicts(self.assessor, outputs)  # (mixture, output, class, frame)
+        pooling = self.assessor.cfg.pooling
         if w.labels == "clip":
             present = clips["labels"]  # (B, K)
-            clip_p = pool(frame_p.flatten(0, 1), self.assessor.cfg.pooling).view(b, k, k)
-            wrong = bce(clip_p, one_hot[..., 0].expand(b, k, k), reduction="none").mean(-1)  # (B, K)
-            classification = (wrong * present).sum() / present.sum().clamp_min(1)
+            classification = classification_loss(frame_p, present, pooling)
             silent = (1 - present)[..., None, None]  # (B, K, 1, 1): the whole output
         else:
             active = activity_at(clips["activity"], n_frames, self.cfg.stft.hop_length, self.sample_rate)  # (B,K,N)
-            if w.frame_verdict == "pooled":
-                present = active.amax(-1)  # (B, K)
-                where = active[:, :, None, :]  # output k is judged where class k sounds
-                verdict = pool(frame_p, self.assessor.cfg.pooling, where)  # (B, K, K)
-                wrong = bce(verdict, one_hot[..., 0].expand(b, k, k), reduction="none").mean(-1)  # (B, K)
-                classification = (wrong * present).sum() / present.sum().clamp_min(1)
+            if w.frame_verdict == "pooled":  # output k is judged where class k sounds
+                classification = classification_loss(frame_p, active.amax(-1), pooling, active[:, :, None, :])
             else:
-                wrong = bce(frame_p, one_hot.expand(b, k, k, n_frames), reduction="none").mean(2)  # (B, K, N)
+                one_hot = torch.eye(len(self.classes), device=outputs.device)[None, :, :, None]
+                wrong = bce(frame_p, one_hot.expand_as(frame_p), reduction="none").mean(2)  # (B, K, N)
                 classification = (wrong * active).sum() / active.sum().clamp_min(1)
             silent = (1 - active)[:, :, None, :]  # (B, K, 1, N): the frames where the class is inactive
         # the share of the mixture sent to absent classes: summed over them, so a lone event cannot leak a fifth of
