@@ -164,3 +164,14 @@ def test_nes_cosine_schedule_runs_its_course_in_each_outer_iteration():
     kept = load(NES_CONFIG, ["optim.schedule=cosine", "trainer.max_steps=100", "nes.iterations=10",
                              "nes.reset_optimizer=false"])
     assert kept.optim.schedule_steps == 100  # one schedule over the whole run when the optimizer is kept
+
+
+def test_bound_assessor_needs_classes_and_a_nonnegative_weight():
+    from omegaconf import OmegaConf
+
+    cfg = load(CONFIG, ["data.root=unused", "net.depth=2", "net.channels=4", "supervised.assessor_weight=1.0",
+                        "supervised.classifier_checkpoint=unused.ckpt"])
+    with pytest.raises(ConfigError, match="supervised.assessor_weight needs a dataset with classes"):
+        Supervised(OmegaConf.to_container(cfg), DATASET)
+    with pytest.raises(ConfigError, match=r"supervised.assessor_weight=-1.0 must be >= 0"):
+        load(CONFIG, ["supervised.assessor_weight=-1.0"])
