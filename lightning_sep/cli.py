@@ -181,12 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The main job: build demo-speech-noise (if not built), train every demo "
                        "experiment on it, test them and print one table. --suite nes adds GLO masking and NES-FT; "
                        "--suite chorales does the same for the "
-                       "music methods on demo-chorales (supervised bound, NES, MaskNet); --suite urban trains the "
+                       "music methods on demo-chorales (supervised bound, NES, MaskNet); --suite masknet-ablations "
+                       "trains MaskNet once per row of its paper's ablation table and prints median SDR and SIR; "
+                       "--suite urban trains the "
                        "sound-event classifier on demo-urban and compares WeakSep (clip- and frame-level labels) "
                        "with the bound.")
     d.add_argument("--suite", choices=sorted(SUITES), default="speech",
-                   help="speech (default: supervised + NES on demo-speech-noise), nes (+ GLOM, NES-FT), chorales "
-                   "or urban")
+                   help="speech (default: supervised + NES on demo-speech-noise), nes (+ GLOM, NES-FT), chorales, "
+                   "masknet-ablations or urban")
     d.add_argument("--data", default=None, help="where the demo dataset is (or is built); default data/<recipe>")
     d.add_argument("--runs", default="runs", help="runs root")
     d.add_argument("overrides", nargs="*", default=[], help="key=value overrides applied to every demo experiment")

@@ -1,9 +1,9 @@
 """The demos: build a demo dataset, train each of its experiments on it, test, print one table.
 
 ``speech`` is the main job (`make demo`); ``nes`` adds GLO masking and NES-FT to it (`make demo-nes`); ``chorales``
-compares the music methods (`make demo-masknet`); ``urban``
-trains the sound-event classifier and compares WeakSep with clip- and frame-level labels to the supervised bound
-(`make demo-weaksep`).
+compares the music methods (`make demo-masknet`); ``masknet-ablations`` runs MaskNet with each row of the paper's
+ablation table (`make bench-masknet-ablations`); ``urban`` trains the sound-event classifier and compares WeakSep
+with clip- and frame-level labels to the supervised bound (`make demo-weaksep`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ class Suite:
     recipe: str  # the demo dataset it builds
     target: str | None  # the stem the table reports (the unobserved one); None: every class, one column each
     experiments: tuple[tuple[str, str], ...]  # (label in the table, experiment YAML under experiments/); the first
-    #                                           one that separates is the bound
+    #                                           one that separates is the bound (ablations: the full method)
+    ablations: bool = False  # the paper's ablation layout: median SDR and SIR over clips, each row against the first
 
 
 # methods add their demo here as they arrive
@@ -38,6 +39,12 @@ SUITES = {
         ("NES (final iteration)", "nes/demo_chorales.yaml"),
         ("MaskNet", "masknet/demo_chorales.yaml"),
     )),
+    "masknet-ablations": Suite("demo-chorales", "vocals", (
+        ("MaskNet (full loss)", "masknet/demo_chorales.yaml"),
+        *((f"w/o {term}", f"masknet/ablations/no_{name}.yaml") for term, name in (
+            ("R1", "r1"), ("R2", "r2"), ("R3", "r3"), ("R4", "r4"), ("GAN_A", "gan_a"), ("GAN_C", "gan_c"),
+            ("both GANs", "gans"))),
+    ), ablations=True),
     "urban": Suite("demo-urban", None, (
         ("classifier (frozen assessor)", "weaksep/classifier_demo_urban.yaml"),  # WeakSep finds it by its config
         ("supervised (upper bound)", "supervised/demo_urban.yaml"),
@@ -73,7 +80,10 @@ def run_demo(data: Path | None, runs: Path, overrides: list[str], experiments: P
             if cfg.method == "nes" and cfg.nes.init == "glom":
                 continue  # NES-FT's iteration 0 is GLOM's estimate, which has a row of its own
             rows.append((BASELINE_LABELS.get(name, name), None, baseline, None))
-    print(summary_table(rows, chosen.target) if chosen.target else class_table(rows))
+    if chosen.ablations:
+        print(ablation_table(rows, chosen.target))
+    else:
+        print(summary_table(rows, chosen.target) if chosen.target else class_table(rows))
     main_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
     child_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     print(f"\npeak memory: {main_gb:.2f} GB in this process, {child_gb:.2f} GB in the largest loader worker")
@@ -145,3 +155,20 @@ def summary_table(rows, target: str) -> str:
             lines.append(f"{label}: validation SI-SDRi per outer iteration {folder / 'nes' / 'iterations.png'}")
     return "\n".join(lines)
 
+
+def ablation_table(rows, target: str) -> str:
+    """The paper's ablation layout: median over test clips of the target's SDR and SIR (BSS Eval), each row's median
+    SDR against the first row's (the full loss), and the mean SI-SDRi beside them."""
+    lines = ["", f"Ablations: test split, {target}, median over clips (dB); ΔSDR against the first row",
+             f"{'run':<24}{'SDR':>8}{'ΔSDR':>8}{'SIR':>8}{'SAR':>8}{'SI-SDRi mean':>14}{'minutes':>9}"]
+    lines.append("-" * len(lines[-1]))
+    full = None
+    for label, _, results, seconds in rows:
+        s = results["summary"][target]
+        full = s["sdr"]["median"] if full is None else full
+        lines.append(f"{label:<24}{s['sdr']['median']:>8.2f}{s['sdr']['median'] - full:>+8.2f}"
+                     f"{s['sir']['median']:>8.2f}{s['sar']['median']:>8.2f}{s['si_sdri']['mean']:>14.2f}"
+                     + (f"{seconds / 60:>9.1f}" if seconds else f"{'-':>9}"))
+    lines.append("")
+    lines += [f"{label}: results {folder / 'results.md'}" for label, folder, _, _ in rows if folder is not None]
+    return "\n".join(lines)

@@ -61,3 +61,20 @@ def test_class_table_columns_per_class_mean_share_and_classifier_line(tmp_path: 
     assert "5.00" in lines["supervised (upper bound)"] and "100%" in lines["supervised (upper bound)"]
     assert "3.00" in lines["WeakSep, clip-level labels"] and "60%" in lines["WeakSep, clip-level labels"]
     assert "clip-level mAP 0.86" in text and "1: -1.00" in text
+
+
+def test_ablation_table_reports_medians_against_the_full_loss(tmp_path: Path):
+    from lightning_sep.demo import SUITES, ablation_table
+
+    def masknet(sdr_median: float) -> dict:
+        metrics = {"sdr": (3.0, sdr_median), "sir": (10.0, 11.5), "sar": (7.0, 8.0), "si_sdri": (-1.5, 0.1)}
+        return {"summary": {"vocals": {k: {"mean": m, "median": md} for k, (m, md) in metrics.items()}}}
+
+    rows = [("MaskNet (full loss)", tmp_path / "full", masknet(2.76), 1500.0),
+            ("w/o R4", tmp_path / "no_r4", masknet(3.62), 1400.0)]
+    lines = {line[:24].strip(): line.split() for line in ablation_table(rows, "vocals").splitlines()}
+    assert lines["MaskNet (full loss)"][-6:] == ["2.76", "+0.00", "11.50", "8.00", "-1.50", "25.0"]
+    assert lines["w/o R4"][-6:] == ["3.62", "+0.86", "11.50", "8.00", "-1.50", "23.3"]
+    suite = SUITES["masknet-ablations"]
+    assert suite.ablations and len(suite.experiments) == 8  # the full loss and the seven rows of the paper's table
+    assert all((REPO / "experiments" / yaml).is_file() for _, yaml in suite.experiments)
