@@ -9,7 +9,8 @@ DEMO_DEB_PACKAGES := asterisk-core-sounds-en-wav openttd-opensfx simutrans-pak64
 DEB_PACKAGES := $(DEMO_DEB_PACKAGES) libfluidsynth3 timgm6mb-soundfont ffmpeg tuxpaint-stamps-default
 PYTEST_ARGS ?=
 
-.PHONY: install debian debian-demo demo demo-nes demo-masknet bench-masknet-ablations demo-weaksep test test-fast bench lint constraints clean
+.PHONY: install debian debian-demo demo demo-nes demo-masknet bench-masknet-ablations demo-weaksep test test-fast \
+	bench lint constraints clean
 
 install: $(VENV)/.installed debian
 
