@@ -31,9 +31,17 @@ def load_classifier(path: str | Path, classes: list[str], sample_rate: int, n_ff
         raise ConfigError(f"{path}: the classifier was trained at {dataset.get('sample_rate')} Hz with n_fft "
                           f"{config['stft']['n_fft']}; this run uses {sample_rate} Hz and n_fft {n_fft}: "
                           "use the same stft section and dataset")
-    net = SoundEventClassifier(len(classes), ClassifierConfig(**config["classifier"]), sample_rate, n_fft)
+    net = FrozenClassifier(len(classes), ClassifierConfig(**config["classifier"]), sample_rate, n_fft)
     net.load_state_dict(classifier_weights(ckpt["state_dict"]))
     return net.requires_grad_(False).eval()
+
+
+class FrozenClassifier(SoundEventClassifier):
+    """A classifier that stays in eval mode when the module holding it trains: its batch-norm statistics must not
+    follow the separator's outputs."""
+
+    def train(self, mode: bool = True):
+        return super().train(False)
 
 
 def classifier_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:

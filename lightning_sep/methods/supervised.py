@@ -163,12 +163,6 @@ class Supervised(SeparationModule):
         present = (energy > 1e-5 * mix.float().pow(2).sum(-1, keepdim=True)).float()
         return classification_loss(frame_verdicts(self.assessor, outputs), present, self.assessor.cfg.pooling)
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if hasattr(self, "assessor"):
-            self.assessor.eval()  # frozen: its batch-norm statistics must not follow the separator's outputs
-        return self
-
     def draw_observed(self, sources: Tensor, observed: Tensor) -> Tensor:
         """Replace the observed stem of a random ``observed_share`` of the examples with clips of train/observed."""
         k = self.stems.index(self.observed)

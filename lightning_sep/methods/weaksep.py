@@ -102,11 +102,6 @@ class WeakSep(SeparationModule):
     def forbidden_stems(cls, info: DatasetInfo) -> tuple[str, ...]:
         return tuple(info.stems)  # no isolated source, ever
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.assessor.eval()  # frozen: its batch-norm statistics must not follow the separator's outputs
-        return self
-
     # ------------------------------------------------------------------ the losses
     def training_losses(self, batch: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
         clips, w = batch["mixtures"], self.cfg.weaksep
