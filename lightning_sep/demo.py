@@ -58,6 +58,7 @@ BASELINE_LABELS = {"iteration_0": "NES iteration 0 (X̂₀ = c·Y)"}
 
 def run_demo(data: Path | None, runs: Path, overrides: list[str], experiments: Path, suite: str = "speech") -> int:
     from .data.recipes import get_recipe, options_from
+    from .data.shards import DatasetInfo
     from .experiment import fit, load, test
 
     start = time.time()
@@ -82,8 +83,10 @@ def run_demo(data: Path | None, runs: Path, overrides: list[str], experiments: P
             rows.append((BASELINE_LABELS.get(name, name), None, baseline, None))
     if chosen.ablations:
         print(ablation_table(rows, chosen.target))
+    elif chosen.target:
+        print(summary_table(rows, chosen.target))
     else:
-        print(summary_table(rows, chosen.target) if chosen.target else class_table(rows))
+        print(class_table(rows, DatasetInfo.load(data).classes))
     main_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
     child_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     print(f"\npeak memory: {main_gb:.2f} GB in this process, {child_gb:.2f} GB in the largest loader worker")
@@ -102,11 +105,12 @@ def _stale_reason(data: Path, version: int) -> str | None:
     return None if built == version else f"built by recipe version {built}, this is version {version}"
 
 
-def class_table(rows) -> str:
+def class_table(rows, classes: list[str]) -> str:
     """Mean test SI-SDRi of each class's output (over the clips that hold the class), one row per method, and the
-    mean over classes as a share of the bound's (the first row that separates)."""
+    mean over classes as a share of the bound's (the first row that separates). Stems that are no class (a
+    background) are left out of the columns and the mean, whoever separates them."""
     separating = [r for r in rows if r[2]["summary"]]
-    classes = [c for c in separating[0][2]["summary"] if all(c in r[2]["summary"] for r in separating)]
+    classes = [c for c in classes if all(c in r[2]["summary"] for r in separating)]
     lines = ["", "Demo results: test split, SI-SDRi (dB) of each class's output, mean over the clips that hold it"]
     lines.append(f"{'method':<30}" + "".join(f"{c[:10]:>11}" for c in classes) + f"{'mean':>8}{'of bound':>9}"
                  f"{'minutes':>9}")

@@ -279,3 +279,20 @@ def test_frequency_input_tells_the_discriminator_where_a_patch_lies(toy_dataset)
     flat = torch.ones(1, 64, 32)  # the same content in every band: only the frequency channel tells bands apart
     scores = d(flat)[0][0, 0]
     assert not torch.allclose(scores[0], scores[-1])
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_fixed_synthetic_targets_stop_r3_and_r4_at_the_vocal_estimate(toy_dataset, fixed):
+    module = _module(toy_dataset, f"masknet.fixed_synthetic_targets={str(fixed).lower()}")
+    torch.manual_seed(0)
+    y, c = torch.randn(2, 2, 129, 16, dtype=torch.complex64)  # n_fft 256: 129 bins
+    g_y = module.g(y)
+    v_hat = (y - g_y).detach().requires_grad_()  # a leaf, so that its gradient can be read
+    losses = module.generator_losses(c, g_y, v_hat, v_hat + c)
+    for term in ("r3", "r4", "gan_a"):
+        (grad,) = torch.autograd.grad(losses[term], v_hat, retain_graph=True, allow_unused=True)
+        reaches = grad is not None and grad.abs().sum() > 0
+        assert reaches == (term == "gan_a" or not fixed), term  # GAN_A trains g through ȳ either way
+    # and g itself still learns from R4: through its pass over ȳ
+    grads = torch.autograd.grad(losses["r4"], list(module.net.parameters()), retain_graph=True, allow_unused=True)
+    assert any(grad is not None and grad.abs().sum() > 0 for grad in grads)

@@ -115,6 +115,28 @@ def test_outputs_sum_to_the_mixture(weak_dataset, runs, classifier_run):
     assert ((estimates.sum(1) - mix).norm() / mix.norm()).item() < 1e-4
 
 
+def test_unlabelled_stem_gets_its_own_output_heard_as_no_class(weak_dataset, runs, classifier_run):
+    overrides = separator(weak_dataset, runs, frozen(classifier_run), "weaksep.separate_unlabelled=true")
+    module = WeakSep(OmegaConf.to_container(experiment.load(REPO / CLIP, overrides)),
+                     experiment.dataset_summary(DatasetInfo.load(weak_dataset))).eval()
+    assert module.stems == [*CLASSES, "background"]
+    torch.manual_seed(0)
+    mix = 0.1 * torch.randn(2, 8000)
+    estimates = module.separate(mix)
+    assert estimates.shape == (2, 4, 8000)
+    assert ((estimates.sum(1) - mix).norm() / mix.norm()).item() < 1e-4
+    labels = torch.tensor([[1.0, 0, 0], [0, 1, 1]])
+    losses = module.training_losses({"mixtures": {"mix": mix, "labels": labels, "activity": labels[..., None]}})
+    spec = module.front_end(mix)
+    background = module.masks(mix, spec)[:, 3] * spec.abs()  # (2, F, N)
+    frames = module.assessor(background)[1]  # (mixture, class, frame)
+    verdict = (frames**2).sum(-1) / frames.sum(-1)  # the classifier's linear-softmax pooling
+    expected = torch.nn.functional.binary_cross_entropy(verdict, torch.zeros_like(verdict))
+    torch.testing.assert_close(losses["unlabelled"], expected, rtol=1e-4, atol=1e-6)
+    terms = sum(losses[k] for k in ("classification", "silence", "unlabelled"))
+    torch.testing.assert_close(losses["loss"], terms)
+
+
 @pytest.mark.parametrize("labels", ["clip", "frame"])
 def test_silence_is_the_share_of_the_mixture_sent_to_absent_classes(weak_dataset, runs, classifier_run, labels):
     overrides = separator(weak_dataset, runs, frozen(classifier_run), f"weaksep.labels={labels}")

@@ -51,11 +51,11 @@ def classifier_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def frame_verdicts(assessor: SoundEventClassifier, outputs: Tensor) -> Tensor:
-    """(B, K, F, N) magnitudes, output k meant for class k → (B, K, K, N) frame probabilities: (mixture, output,
-    class, frame)."""
-    b, k, n_freq, n_frames = outputs.shape
-    _, frame_p = assessor(outputs.reshape(b * k, n_freq, n_frames))
-    return frame_p.view(b, k, k, -1)
+    """(B, O, F, N) magnitudes (output k < K meant for class k) → (B, O, K, N) frame probabilities of the K classes:
+    (mixture, output, class, frame)."""
+    b, o, n_freq, n_frames = outputs.shape
+    _, frame_p = assessor(outputs.reshape(b * o, n_freq, n_frames))
+    return frame_p.view(b, o, frame_p.shape[1], -1)
 
 
 def classification_loss(frame_p: Tensor, present: Tensor, pooling: str, where: Tensor | None = None) -> Tensor:

@@ -98,6 +98,8 @@ class MaskNetParams:
     #   on what the identity g would give (d_C: c vs y; d_A: y vs c), so that their first verdicts on g already
     #   tell vocals from instruments (on top of trainer.max_steps; 0: none)
     clip_norm: float | None = None  # clip each network's gradient norm to this (None: no clipping)
+    fixed_synthetic_targets: bool = False  # R3 and R4 take ȳ and v̂ as data, without gradients through v̂ (GAN_A
+    #   still sends its gradients through ȳ); the authors let gradients flow, which also rewards v̂ = 0
     inference: InferenceParams = field(default_factory=InferenceParams)
 
 
@@ -201,10 +203,11 @@ class MaskNet(SeparationModule):
             self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()})
             return
         g_y = self.g(y)
-        v_hat = y - g_y  # the vocal estimate; gradients flow through it in the generator step
+        v_hat = y - g_y  # the vocal estimate; gradients flow through it in the generator step (R3 and R4: unless
+        #                  masknet.fixed_synthetic_targets)
         y_bar = v_hat + c  # synthetic mixture of our vocals with an unrelated instrumental
         losses = self.discriminator_step(opt_d, y, c, g_y.detach(), y_bar.detach()) if opt_d else {}
-        losses |= self.generator_step(opt_g, y, c, g_y, v_hat, y_bar)
+        losses |= self.generator_step(opt_g, c, g_y, v_hat, y_bar)
         self.step_schedulers()
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()})
         self.log("loss", losses["loss_g"].detach(), prog_bar=True, logger=False)
@@ -231,11 +234,18 @@ class MaskNet(SeparationModule):
         self.update(opt, losses["loss_d"], losses)
         return losses
 
-    def generator_step(self, opt, y: Tensor, c: Tensor, g_y: Tensor, v_hat: Tensor, y_bar: Tensor
-                       ) -> dict[str, Tensor]:
+    def generator_step(self, opt, c: Tensor, g_y: Tensor, v_hat: Tensor, y_bar: Tensor) -> dict[str, Tensor]:
+        losses = self.generator_losses(c, g_y, v_hat, y_bar)
+        self.update(opt, losses["loss_g"], losses)
+        return losses
+
+    def generator_losses(self, c: Tensor, g_y: Tensor, v_hat: Tensor, y_bar: Tensor) -> dict[str, Tensor]:
+        """R1–R4, GAN_A and GAN_C of g, and their weighted sum ``loss_g``."""
         w = self.cfg.masknet.weights
+        fixed = self.cfg.masknet.fixed_synthetic_targets
+        synthetic, v_hat = (y_bar.detach(), v_hat.detach()) if fixed else (y_bar, v_hat)  # what R3 and R4 see
         # the three further passes of g share one batch
-        inputs = {"c": c if w.r1 else None, "g_y": g_y if w.r2 else None, "y_bar": y_bar if w.r3 or w.r4 else None}
+        inputs = {"c": c if w.r1 else None, "g_y": g_y if w.r2 else None, "y_bar": synthetic if w.r3 or w.r4 else None}
         used = [k for k, v in inputs.items() if v is not None]
         passes = self.g(torch.cat([inputs[k] for k in used])).chunk(len(used)) if used else ()
         out = dict(zip(used, passes, strict=True))
@@ -247,13 +257,12 @@ class MaskNet(SeparationModule):
         if w.r3:
             losses["r3"] = self.l1(out["y_bar"], c)
         if w.r4:
-            losses["r4"] = self.l1(y_bar - out["y_bar"], v_hat)
+            losses["r4"] = self.l1(synthetic - out["y_bar"], v_hat)
         if self.d_c is not None:
             losses["gan_c"] = lsgan_generator_loss(self.d_c, self.d_input(g_y))
         if self.d_a is not None:
             losses["gan_a"] = lsgan_generator_loss(self.d_a, self.d_input(y_bar))
         losses["loss_g"] = sum(w[k] * v for k, v in losses.items())
-        self.update(opt, losses["loss_g"], losses)
         return losses
 
     def update(self, opt, loss: Tensor, terms: dict[str, Tensor]) -> None:

@@ -135,10 +135,11 @@ class Supervised(SeparationModule):
         spec = self.front_end(mix)  # once, for the network's input and for the masked output
         masks = self.masks(mix, spec)
         losses = self.reference_loss(masks, sources, mix, spec)
+        total = sum(losses.values())
         if self.cfg.supervised.assessor_weight:
             losses["classification"] = self.assessor_loss(masks, sources, mix, spec)
-        losses["loss"] = sum(value * (self.cfg.supervised.assessor_weight if name == "classification" else 1)
-                             for name, value in losses.items())
+            total = total + self.cfg.supervised.assessor_weight * losses["classification"]
+        losses["loss"] = total
         return losses
 
     def reference_loss(self, masks: Tensor, sources: Tensor, mix: Tensor, spec: Tensor) -> dict[str, Tensor]:

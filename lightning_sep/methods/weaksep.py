@@ -13,6 +13,10 @@ same weak labels (``lightning-sep fit experiments/weaksep/classifier_*.yaml``) a
 - **mixture consistency**: the outputs sum to the mixture. With ``weaksep.mask: softmax`` the masks sum to one in
   every bin, so the outputs add up to the mixture by construction; with ``sigmoid`` masks it is a loss term instead.
 
+A stem that is no class (demo-urban's unlabelled background) either gets an output of its own
+(``weaksep.separate_unlabelled``), which the classifier must hear as none of the classes (**unlabelled loss**), or
+is shared among the class outputs.
+
 The authors published no code: every choice (assessing magnitudes rather than re-analysed waveforms, the silence
 term's form, the weights) is ours and is a config key. The classifier's weights are loaded from its checkpoint,
 kept frozen and in eval mode (its batch-norm statistics do not move), and stored in this run's checkpoints too.
@@ -30,7 +34,7 @@ from torch import Tensor
 from ..config import ConfigError, ExperimentConfig
 from ..data.datamodule import PoolSpec
 from ..data.shards import DatasetInfo
-from ..nets.classifier import bce
+from ..nets.classifier import bce, pool
 from ..nets.unet import MaskUNet
 from .assessor import classification_loss, frame_verdicts, load_classifier
 from .base import SeparationModule
@@ -44,6 +48,7 @@ class WeakSepWeights:
     classification: float = 1.0  # the frozen classifier's verdict on each output of a present class
     silence: float = 1.0  # outputs of absent classes must be silent
     consistency: float = 1.0  # with sigmoid masks only: L1 between the sum of the outputs and the mixture (magnitudes)
+    unlabelled: float = 1.0  # with separate_unlabelled only: the outputs of unlabelled stems must hold no class
 
 
 @dataclass
@@ -57,6 +62,8 @@ class WeakSepParams:
     frame_verdict: str = "pooled"  # labels: frame only. pooled: output k's frame probabilities pooled (as the
     #   classifier pools) over the frames where class k is active; frames: each of those frames on its own
     mask: str = "softmax"  # softmax: masks sum to one (mixture consistency exact); sigmoid: free masks + loss term
+    separate_unlabelled: bool = False  # one more output per stem that is no class (e.g. background), which the
+    #   classifier must hear as none of the classes; false: that stem is shared among the class outputs
     weights: WeakSepWeights = field(default_factory=WeakSepWeights)
 
 
@@ -74,12 +81,15 @@ class WeakSep(SeparationModule):
         if not classes or not set(classes) <= set(dataset["stems"]):
             raise ConfigError(f"weaksep needs a dataset with one stem per class; dataset.json has stems "
                               f"{dataset['stems']}, classes {classes}")
-        # one output per class: a stem that is no class (demo-urban's unlabelled background) is not separated; it
-        # is shared among the outputs, which still sum to the mixture
-        super().__init__(config, {**dataset, "stems": classes})
+        # one output per class, and with separate_unlabelled one per stem that is no class (demo-urban's background);
+        # without it such a stem is shared among the class outputs, which still sum to the mixture
+        unlabelled = [s for s in dataset["stems"] if s not in classes]
+        if not config.get("weaksep", {}).get("separate_unlabelled", False):
+            unlabelled = []
+        super().__init__(config, {**dataset, "stems": classes + unlabelled})
         self.classes: list[str] = classes
         w = self.cfg.weaksep
-        self.net = MaskUNet(len(self.classes), self.cfg.net, activation=w.mask)
+        self.net = MaskUNet(len(self.stems), self.cfg.net, activation=w.mask)
         self.average_weights()
         self.assessor = load_classifier(w.classifier_checkpoint, self.classes, self.sample_rate, self.cfg.stft.n_fft,
                                         w.classifier_config)
@@ -107,10 +117,13 @@ class WeakSep(SeparationModule):
         clips, w = batch["mixtures"], self.cfg.weaksep
         spec = self.front_end(clips["mix"])
         mixture = spec.abs()
-        masks = self.masks(clips["mix"], spec)  # (B, K, F, N), one per class
-        outputs = masks * mixture.unsqueeze(1)
+        masks = self.masks(clips["mix"], spec)  # (B, K + U, F, N): one per class, then one per unlabelled stem
+        everything = masks * mixture.unsqueeze(1)
+        k = len(self.classes)
+        outputs = everything[:, :k]
         n_frames = outputs.shape[-1]
-        frame_p = frame_verdicts(self.assessor, outputs)  # (mixture, output, class, frame)
+        all_p = frame_verdicts(self.assessor, everything)  # (mixture, output, class, frame)
+        frame_p = all_p[:, :k]
         pooling = self.assessor.cfg.pooling
         if w.labels == "clip":
             present = clips["labels"]  # (B, K)
@@ -129,8 +142,10 @@ class WeakSep(SeparationModule):
         # itself into each of five absent outputs at the price of one fifth
         silence = (outputs * silent).sum() / (mixture.unsqueeze(1) * silent.amax(1, keepdim=True)).sum().clamp_min(1e-8)
         losses = {"classification": classification, "silence": silence}
+        if len(self.stems) > k:  # an unlabelled output must be heard as none of the classes, over the whole clip
+            losses["unlabelled"] = bce(pool(all_p[:, k:], pooling), torch.zeros_like(all_p[:, k:, :, 0]))
         if w.mask == "sigmoid":
-            losses["consistency"] = F.l1_loss(outputs.sum(1), mixture) / mixture.mean().clamp_min(1e-8)
+            losses["consistency"] = F.l1_loss(everything.sum(1), mixture) / mixture.mean().clamp_min(1e-8)
         losses["loss"] = sum(w.weights[name] * value for name, value in losses.items())
         return losses
 
