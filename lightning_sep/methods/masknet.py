@@ -9,9 +9,10 @@ g(x) = mask(x) ⊙ x, so v̂ = y − g(y) is the vocal estimate. g is trained to
 - right on synthetic mixtures ȳ = v̂ + c:   R3 = ‖g(ȳ) − c‖₁,  R4 = ‖(ȳ − g(ȳ)) − v̂‖₁
 - and indistinguishable from real data:    GAN_C (d_C: real c vs g(y)),  GAN_A (d_A: real y vs ȳ),
 
-with least-squares GAN losses and gradients flowing through v̂. Each batch takes one discriminator step, then
-one generator step (the authors' order), each with its own Adam optimizer and schedule. A term with weight 0 is
-left out (that is how the ablations run); with both GAN weights 0 there are no discriminators at all.
+with least-squares GAN losses and gradients flowing through v̂ (but see ``fixed_synthetic_targets`` below). Each
+batch takes one discriminator step, then one generator step (the authors' order), each with its own Adam optimizer
+and schedule. A term with weight 0 is left out (that is how the ablations run); with both GAN weights 0 there are
+no discriminators at all.
 
 Only the discriminators know what vocals are, and at the identity g(y) = y every L1 term is zero: a g that
 learns faster than its critics settles there for good. So the discriminators may first be trained alone, for
@@ -28,6 +29,9 @@ Our choices where the authors' code is silent or inconsistent:
 - ``masknet.mask_domain: compressed`` multiplies |S|^p by the mask as the authors do, i.e. |S| by mask^(1/p);
 - synthetic mixtures are sums of complex spectra (= sums of waveforms), not of compressed magnitudes: NES
   lost most of its quality when magnitudes were summed instead of waveforms;
+- ``masknet.fixed_synthetic_targets`` lets R3 and R4 take ȳ and v̂ as fixed data, so that they only teach g to
+  take synthetic mixtures apart. With gradients through v̂, as the authors do, both terms are also zero at v̂ = 0
+  and pull g back towards the identity; GAN_A's gradients go through ȳ either way;
 - how the mask is used at inference (exponent, bilateral post-filter, phase) is the ``masknet.inference``
   section, applied in validation, test and ``separate`` alike.
 
