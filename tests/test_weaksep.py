@@ -101,7 +101,7 @@ def test_weaksep_trains_with_the_classifier_frozen(weak_dataset, runs, classifie
     assert "train/classification" in metrics and "train/silence" in metrics
     ok(cli("test", str(folder)))
     results = json.loads((folder / "results.json").read_text())
-    background = {"background"} if experiment.load(REPO / config).weaksep.separate_unlabelled else set()
+    background = {"background"} if experiment.load(REPO / config, []).weaksep.separate_unlabelled else set()
     assert set(results["summary"]) == {*CLASSES, *background} and results["by_events"]
     assert results["labels"] == ("clip" if config == CLIP else "frame")
 
