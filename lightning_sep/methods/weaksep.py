@@ -84,9 +84,8 @@ class WeakSep(SeparationModule):
                               f"{dataset['stems']}, classes {classes}")
         # one output per class, and with separate_unlabelled one per stem that is no class (demo-urban's background);
         # without it such a stem is shared among the class outputs, which still sum to the mixture
-        unlabelled = [s for s in dataset["stems"] if s not in classes]
-        if not config.get("weaksep", {}).get("separate_unlabelled", False):
-            unlabelled = []
+        separate = config.get("weaksep", {}).get("separate_unlabelled", False)
+        unlabelled = [s for s in dataset["stems"] if s not in classes] if separate else []
         super().__init__(config, {**dataset, "stems": classes + unlabelled})
         self.classes: list[str] = classes
         w = self.cfg.weaksep
