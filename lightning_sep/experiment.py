@@ -142,7 +142,8 @@ def test(cfg: DictConfig, folder: Path, ckpt: Path | None = None) -> dict:
     step = read_checkpoint(ckpt, cfg.method).get("global_step", -1)
     info = DatasetInfo.load(cfg.data.root)
     model = method.load_from_checkpoint(ckpt, map_location="cpu")
-    model.cfg.eval = cfg.eval  # scoring settings come from the current config, not from training time
+    for key in method.test_time_keys:  # scoring (and inference) settings come from the current config
+        OmegaConf.update(model.cfg, key, OmegaConf.select(cfg, key), merge=False)
     data = SeparationDataModule(cfg.data, {}, seed=cfg.seed)
     trainer = make_trainer(cfg, folder, loggers=False, callbacks=[], for_fit=False)
     trainer.test(model, datamodule=data, verbose=False)

@@ -69,6 +69,16 @@ def test_test_writes_the_paper_table(masknet_run):
     assert results["inference"]["mask_exponent"] == 1.0
 
 
+def test_test_applies_inference_overrides_to_a_trained_run(masknet_run):
+    scores = {}
+    for exponent in (1.0, 3.0):
+        ok(cli("test", str(masknet_run), f"masknet.inference.mask_exponent={exponent}"))
+        results = json.loads((masknet_run / "results.json").read_text())
+        assert results["inference"]["mask_exponent"] == exponent
+        scores[exponent] = [clip["speech"]["si_sdr"] for clip in results["clips"]]
+    assert scores[1.0] != scores[3.0]  # the override reached the masks, not just the record
+
+
 class StepWatcher(pl.Callback):
     """Checks at each optimizer step that the other network's weights and gradients were left alone."""
 

@@ -65,6 +65,7 @@ class SeparationModule(pl.LightningModule):
     Config: type = ExperimentConfig
     reload_train_data_each_epoch = False  # True when the training pools change between epochs (NES)
     ddp_find_unused_parameters = False  # True when a backward pass leaves some weights out (a GAN's two steps)
+    test_time_keys: tuple[str, ...] = ("eval",)  # config sections `lightning-sep test` takes from the current config
 
     def __init__(self, config: dict, dataset: dict):
         """``config``: the resolved experiment config as a plain dict (stored in every checkpoint);

@@ -119,6 +119,7 @@ class MaskNet(SeparationModule):
     name = "masknet"
     Config = MaskNetConfig
     ddp_find_unused_parameters = True  # the discriminator step leaves the generator out, and the reverse
+    test_time_keys = ("eval", "masknet.inference")  # a trained mask can be tested with other inference settings
 
     def __init__(self, config: dict, dataset: dict):
         super().__init__(config, dataset)
