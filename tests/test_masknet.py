@@ -203,6 +203,10 @@ def test_inference_keys_shape_the_masks(toy_dataset):
     vocals = plain.stems.index("speech")
     m1, m3 = plain.masks(mix)[:, vocals], sharp.masks(mix)[:, vocals]
     assert torch.allclose(m3, m1**3, atol=1e-6) and torch.allclose(plain.masks(mix).sum(1), torch.ones_like(m1))
+    fuller = _module(toy_dataset, "masknet.inference.instrumental_exponent=2.7").eval()
+    fuller.load_state_dict(plain.state_dict())
+    keep = plain.stems.index("noise")
+    assert torch.allclose(fuller.masks(mix)[:, keep], plain.masks(mix)[:, keep] ** 2.7, atol=1e-5)
     griffin = _module(toy_dataset, "masknet.inference.phase=griffin_lim", "masknet.inference.griffin_lim_iterations=4")
     griffin.load_state_dict(plain.state_dict())
     est = griffin.eval().separate(mix)
