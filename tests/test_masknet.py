@@ -275,6 +275,20 @@ def test_discriminator_warmup_comes_before_the_generators_steps(toy_dataset, tmp
     assert [bool(r["train/loss_g"]) for r in rows] == [False, False, True, True, True]
 
 
+def test_synthetic_rampup_raises_r3_and_r4_from_zero_over_the_generators_steps(toy_dataset, tmp_path):
+    cfg = experiment.load(REPO / CONFIG, small(toy_dataset, tmp_path, "trainer.max_steps=4",
+                                               "masknet.discriminator_warmup=2", "masknet.synthetic_rampup=2"))
+    with open(next((experiment.fit(cfg) / "csv").rglob("metrics.csv"))) as f:
+        rows = [{k: float(v) for k, v in r.items() if k.startswith("train/") and v}
+                for r in csv.DictReader(f) if r.get("train/loss_g")]
+    w = cfg.masknet.weights
+    shares = []
+    for r in rows:
+        rest = sum(w[k] * r[f"train/{k}"] for k in ("r1", "r2", "gan_a", "gan_c"))
+        shares.append((r["train/loss_g"] - rest) / (w.r3 * r["train/r3"] + w.r4 * r["train/r4"]))
+    assert shares == pytest.approx([0.0, 0.5, 1.0, 1.0], abs=1e-4)  # generator steps 0..3 of a 2-step ramp
+
+
 def test_normalized_discriminator_input_ignores_the_level(toy_dataset):
     torch.manual_seed(0)
     spec = torch.randn(2, 65, 20, dtype=torch.complex64)

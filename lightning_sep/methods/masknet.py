@@ -107,6 +107,8 @@ class MaskNetParams:
     clip_norm: float | None = None  # clip each network's gradient norm to this (None: no clipping)
     fixed_synthetic_targets: bool = False  # R3 and R4 take ȳ and v̂ as data, without gradients through v̂ (GAN_A
     #   still sends its gradients through ȳ); the authors let gradients flow, which also rewards v̂ = 0
+    synthetic_rampup: int = 0  # generator steps over which R3 and R4's weights rise linearly from 0 to their values:
+    #   early vocal estimates are poor, and R3 and R4 teach g to reproduce them (0: full weight from the start)
     inference: InferenceParams = field(default_factory=InferenceParams)
 
 
@@ -158,8 +160,9 @@ class MaskNet(SeparationModule):
         negative = [k for k, v in m.weights.items() if v < 0]
         if negative:
             raise ConfigError(f"masknet.weights.{negative[0]} must be >= 0 (0 leaves the term out)")
-        if m.discriminator_lr_scale <= 0 or m.discriminator_warmup < 0:
-            raise ConfigError("masknet.discriminator_lr_scale must be > 0 and masknet.discriminator_warmup >= 0")
+        if m.discriminator_lr_scale <= 0 or m.discriminator_warmup < 0 or m.synthetic_rampup < 0:
+            raise ConfigError("masknet.discriminator_lr_scale must be > 0, masknet.discriminator_warmup and "
+                              "masknet.synthetic_rampup >= 0")
         if m.inference.bilateral_size % 2 == 0:
             raise ConfigError(f"masknet.inference.bilateral_size={m.inference.bilateral_size} must be odd")
         if cfg.trainer.gradient_clip_val is not None:
@@ -270,8 +273,18 @@ class MaskNet(SeparationModule):
             losses["gan_c"] = lsgan_generator_loss(self.d_c, self.d_input(g_y))
         if self.d_a is not None:
             losses["gan_a"] = lsgan_generator_loss(self.d_a, self.d_input(y_bar))
-        losses["loss_g"] = sum(w[k] * v for k, v in losses.items())
+        ramp = self.synthetic_ramp()
+        losses["loss_g"] = sum(w[k] * (ramp if k in ("r3", "r4") else 1.0) * v for k, v in losses.items())
         return losses
+
+    def synthetic_ramp(self) -> float:
+        """The share of their weights R3 and R4 have at this generator step (``masknet.synthetic_rampup``)."""
+        rampup = self.cfg.masknet.synthetic_rampup
+        if not rampup:
+            return 1.0
+        per_batch = self.optimizer_steps_per_batch(self.cfg)  # Lightning's step counts both optimizers' steps
+        warmup = self.cfg.masknet.discriminator_warmup if per_batch == 2 else 0
+        return min(1.0, max(0, self.trainer.global_step - warmup) // per_batch / rampup)
 
     def update(self, opt, loss: Tensor, terms: dict[str, Tensor]) -> None:
         """One step of ``opt`` on ``loss``, only its own network's weights taking part."""
