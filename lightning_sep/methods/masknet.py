@@ -28,7 +28,10 @@ Our choices where the authors' code is silent or inconsistent:
   discriminators' ``discriminator_level: normalized``;
 - ``masknet.mask_domain: compressed`` multiplies |S|^p by the mask as the authors do, i.e. |S| by mask^(1/p);
 - synthetic mixtures are sums of complex spectra (= sums of waveforms), not of compressed magnitudes: NES
-  lost most of its quality when magnitudes were summed instead of waveforms;
+  lost most of its quality when magnitudes were summed instead of waveforms. So R3 (instrumental magnitudes) and
+  R4 (vocal magnitudes) differ wherever phases cancel. In the authors' code they do not: magnitudes are summed and
+  clipped to [0, 1], so R4 = ‖(ȳ − g(ȳ)) − v̂‖₁ = ‖c − g(ȳ)‖₁ = R3 wherever the clip does not bind, and their
+  "w/o R4" run halves the weight of one synthetic-mixture term;
 - ``masknet.fixed_synthetic_targets`` lets R3 and R4 take ȳ and v̂ as fixed data, so that they only teach g to
   take synthetic mixtures apart. With gradients through v̂, as the authors do, both terms are also zero at v̂ = 0
   and pull g back towards the identity; GAN_A's gradients go through ȳ either way;
