@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib.util
 import json
 import math
 import re
@@ -77,6 +78,21 @@ def test_test_applies_inference_overrides_to_a_trained_run(masknet_run):
         assert results["inference"]["mask_exponent"] == exponent
         scores[exponent] = [clip["speech"]["si_sdr"] for clip in results["clips"]]
     assert scores[1.0] != scores[3.0]  # the override reached the masks, not just the record
+
+
+def test_inference_sweep_scores_each_setting_on_the_validation_split(masknet_run, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("masknet_inference", REPO / "benchmarks/masknet_inference.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    assert sweep.main([str(masknet_run), "--exponents", "1", "2", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.split(" on valid, speech (dB):\n")[1].strip().splitlines()
+    assert len(table) == 3 and [row.split("|")[2].strip() for row in table[1:]] == ["1", "2"]
+    for exponent in (1, 2):
+        results = json.loads((tmp_path / f"none-inst1-voc{exponent}" / "results.json").read_text())
+        assert results["split"] == "valid" and len(results["clips"]) == 7  # the toy set's validation clips
+        assert results["inference"]["mask_exponent"] == exponent
+        assert float(table[exponent].split("|")[3]) == pytest.approx(results["summary"]["speech"]["si_sdri"]["mean"],
+                                                                     abs=0.006)
 
 
 class StepWatcher(pl.Callback):
