@@ -15,14 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lightning_sep.config import ConfigError, config_from_dict  # noqa: E402
+from lightning_sep.config import ConfigError  # noqa: E402
 from lightning_sep.data.shards import DatasetInfo  # noqa: E402
-from lightning_sep.experiment import test  # noqa: E402
-from lightning_sep.methods import SCHEMAS  # noqa: E402
+from lightning_sep.experiment import run_config, test  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,9 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="where each setting's results go (RUN/inference-sweep)")
     args = p.parse_args(argv)
 
-    if not (args.run / "config.yaml").is_file():
-        raise ConfigError(f"{args.run}: not a run folder (no config.yaml)")
-    cfg = config_from_dict(OmegaConf.to_container(OmegaConf.load(args.run / "config.yaml")), SCHEMAS)
+    cfg = run_config(args.run, [])
     if cfg.method != "masknet":
         raise ConfigError(f"{args.run}: a {cfg.method} run; this sweep is for masknet runs")
     cfg.data.test_split = args.split

@@ -64,25 +64,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from .config import config_from_dict
-    from .experiment import load, test
-    from .methods import SCHEMAS
+    from .experiment import load, run_config, test
     from .results import table
     from .runs import is_rank_zero
 
     target = Path(args.target)
     if target.is_dir():
-        from omegaconf import OmegaConf
-
-        if not (target / "config.yaml").is_file():
-            from .config import ConfigError
-
-            raise ConfigError(f"{target}: not a run folder (no config.yaml); pass a run folder or an experiment YAML")
-        stored = OmegaConf.to_container(OmegaConf.load(target / "config.yaml"))
-        cfg = config_from_dict(stored, SCHEMAS)
-        from .config import parse_overrides
-
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(parse_overrides(args.overrides)))
+        cfg = run_config(target, args.overrides)
         folder = target
     else:
         from .runs import resolve_run_dir

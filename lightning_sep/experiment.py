@@ -11,7 +11,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, identity, load_config
+from .config import ConfigError, config_from_dict, identity, load_config, parse_overrides
 from .data.datamodule import SeparationDataModule
 from .data.shards import DatasetError, DatasetInfo
 from .methods import METHODS, SCHEMAS
@@ -131,6 +131,14 @@ def dataset_summary(info: DatasetInfo) -> dict:
             "observed": info.observed, "unobserved": info.unobserved, "classes": list(info.classes),
             "modality": info.modality, "image_shape": info.image_shape,
             "clips": {f"{split}/{pool}": p.clips for split, pools in info.splits.items() for pool, p in pools.items()}}
+
+
+def run_config(folder: Path, overrides: list[str]) -> DictConfig:
+    """The config a run folder was trained with, with ``key=value`` overrides on top."""
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(f"{folder}: not a run folder (no config.yaml); pass a run folder or an experiment YAML")
+    cfg = config_from_dict(OmegaConf.to_container(OmegaConf.load(folder / "config.yaml")), SCHEMAS)
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(parse_overrides(overrides)))
 
 
 def test(cfg: DictConfig, folder: Path, ckpt: Path | None = None) -> dict:
