@@ -31,7 +31,10 @@ Our choices where the authors' code is silent or inconsistent:
   lost most of its quality when magnitudes were summed instead of waveforms. So R3 (instrumental magnitudes) and
   R4 (vocal magnitudes) differ wherever phases cancel. In the authors' code they do not: magnitudes are summed and
   clipped to [0, 1], so R4 = ‖(ȳ − g(ȳ)) − v̂‖₁ = ‖c − g(ȳ)‖₁ = R3 wherever the clip does not bind, and their
-  "w/o R4" run halves the weight of one synthetic-mixture term;
+  "w/o R4" run halves the weight of one synthetic-mixture term. ``masknet.r4_domain: compressed`` takes R4's
+  difference on compressed magnitudes as they do, ‖(|ȳ|^p − |g(ȳ)|^p) − |v̂|^p‖₁: with the compressed mask m that is
+  ‖(1 − m)|ȳ|^p − |v̂|^p‖₁, the same split of ȳ as R3's m|ȳ|^p; ``spectrum`` takes it on spectra,
+  ‖|ȳ − g(ȳ)|^p − |v̂|^p‖₁, where 1 − m^(1/p) raised to p is steep near m = 1 and R4 weighs nearly silent vocals most;
 - ``masknet.fixed_synthetic_targets`` lets R3 and R4 take ȳ and v̂ as fixed data, so that they only teach g to
   take synthetic mixtures apart. With gradients through v̂, as the authors do, both terms are also zero at v̂ = 0
   and pull g back towards the identity; GAN_A's gradients go through ȳ either way;
@@ -100,6 +103,8 @@ class MaskNetParams:
     weights: LossWeights = field(default_factory=LossWeights)
     compression: float = 0.3  # the L1 terms and the discriminators see |S|^compression (authors: 0.3)
     mask_domain: str = "compressed"  # compressed: the mask multiplies |S|^compression (authors); linear: |S|
+    r4_domain: str = "spectrum"  # where R4 takes g(ȳ) from ȳ: spectrum: |ȳ − g(ȳ)|^p, the vocal part as a sound;
+    #   compressed: |ȳ|^p − |g(ȳ)|^p, on compressed magnitudes as the authors' code does
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     discriminator_level: str = "absolute"  # absolute: d_A and d_C see |S|^p as it is; normalized: each input
     #   divided by its mean first (the authors rescale every chunk), so a level difference is no evidence
@@ -154,6 +159,7 @@ class MaskNet(SeparationModule):
         if not 0 < m.compression <= 1:
             raise ConfigError(f"masknet.compression={m.compression} must be in (0, 1]")
         choices = {"masknet.mask_domain": (m.mask_domain, ("compressed", "linear")),
+                   "masknet.r4_domain": (m.r4_domain, ("spectrum", "compressed")),
                    "masknet.inference.post_filter": (m.inference.post_filter, ("none", "bilateral")),
                    "masknet.inference.phase": (m.inference.phase, ("mixture", "griffin_lim")),
                    "masknet.discriminator_level": (m.discriminator_level, ("absolute", "normalized"))}
@@ -202,6 +208,12 @@ class MaskNet(SeparationModule):
 
     def l1(self, a: Tensor, b: Tensor) -> Tensor:
         return F.l1_loss(self.compressed(a), self.compressed(b))
+
+    def r4(self, y_bar: Tensor, g_y_bar: Tensor, v_hat: Tensor) -> Tensor:
+        """R4 = ‖(ȳ − g(ȳ)) − v̂‖₁, the difference taken on spectra or on compressed magnitudes (``r4_domain``)."""
+        if self.cfg.masknet.r4_domain == "spectrum":
+            return self.l1(y_bar - g_y_bar, v_hat)
+        return F.l1_loss(self.compressed(y_bar) - self.compressed(g_y_bar), self.compressed(v_hat))
 
     # ------------------------------------------------------------------ training: one D step, then one G step
     def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> None:
@@ -271,7 +283,7 @@ class MaskNet(SeparationModule):
         if w.r3:
             losses["r3"] = self.l1(out["y_bar"], c)
         if w.r4:
-            losses["r4"] = self.l1(synthetic - out["y_bar"], v_hat)
+            losses["r4"] = self.r4(synthetic, out["y_bar"], v_hat)
         if self.d_c is not None:
             losses["gan_c"] = lsgan_generator_loss(self.d_c, self.d_input(g_y))
         if self.d_a is not None:
