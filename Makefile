@@ -42,12 +42,12 @@ demo: $(VENV)/.installed debian-demo
 demo-nes: $(VENV)/.installed debian-demo
 	$(BIN)/lightning-sep demo --suite nes
 
-# the music methods on demo-chorales: the supervised bound, NES and MaskNet side by side (CPU: about an hour)
+# the music methods on demo-chorales: the supervised bound, NES and MaskNet side by side (CPU: about 90 minutes)
 demo-masknet: $(VENV)/.installed debian
 	$(BIN)/lightning-sep demo --suite chorales
 
 # MaskNet with each row of its paper's ablation table on demo-chorales: median SDR and SIR of the vocals, each row
-# against the full loss (CPU: about two and a half hours)
+# against the full loss (CPU: about four and a half hours)
 bench-masknet-ablations: $(VENV)/.installed debian
 	$(BIN)/lightning-sep demo --suite masknet-ablations
 
