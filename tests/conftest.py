@@ -67,12 +67,30 @@ def toy_dataset(tmp_path_factory) -> Path:
     return root
 
 
-def cli(*args: str, env: dict | None = None, timeout: float = 600):
-    """Run `python -m lightning_sep ARGS` in a subprocess (the way users and DDP launchers run it)."""
+def cli(*args: str, env: dict | None = None, timeout: float = 400):
+    """Run `python -m lightning_sep ARGS` in a subprocess (the way users and DDP launchers run it).
+
+    A run still going after ``timeout`` seconds (below pytest's own limit) counts as hung: every process of it,
+    DDP ranks and data workers included, gets SIGABRT, faulthandler prints each one's Python stacks, and the test
+    fails showing them, so that a hang says where it waited and leaves no process behind."""
+    import signal
     import subprocess
 
     full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1",
-                **(env or {})}
+                "PYTHONFAULTHANDLER": "1", **(env or {})}
     full_env.pop("LIGHTNING_SEP_RUN_DIR", None)
-    return subprocess.run([sys.executable, "-m", "lightning_sep", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=REPO)
+    command = [sys.executable, "-m", "lightning_sep", *args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                            cwd=REPO, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)
+        try:
+            stdout, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+        pytest.fail(f"`lightning-sep {' '.join(args)}` was still running after {timeout:g} s; the stacks of its "
+                    f"processes and its last output:\n{stderr[-12000:]}\n{stdout[-2000:]}", pytrace=False)
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
