@@ -17,12 +17,14 @@ import tempfile
 from pathlib import Path
 
 from lightning_sep.data.shards import DatasetInfo
-from lightning_sep.experiment import fit, load
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
+    # imported here, not at the top: each loader worker re-imports this script (workers start from a fork server)
+    from lightning_sep.experiment import fit, load
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="data/demo-speech-noise", help="prepared dataset (lightning-sep prepare ...)")
     p.add_argument("--config", default=str(REPO / "experiments/nes/demo_speech_noise.yaml"))

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .audio import STFTConfig
-from .data.datamodule import DataConfig
+from .data.streams import WORKER_STARTS, DataConfig
 from .nets.unet import UNetConfig
 
 
@@ -114,9 +114,9 @@ class ExperimentConfig:
 # keys that say how and where a run executes, not what it computes; max_steps is the budget: raising it
 # continues the same run (schedules count steps, so 2000 steps then 2000 more equal a 4000-step run)
 OPERATIONAL = {
-    "trainer.max_steps", "data.root", "data.num_workers", "data.valid_clips", "trainer.accelerator", "trainer.devices",
-    "trainer.strategy", "trainer.num_nodes", "trainer.progress_bar", "trainer.checkpoint_every_n_steps",
-    "trainer.log_every_n_steps", "eval", "logging", "run",
+    "trainer.max_steps", "data.root", "data.num_workers", "data.worker_start", "data.valid_clips",
+    "trainer.accelerator", "trainer.devices", "trainer.strategy", "trainer.num_nodes", "trainer.progress_bar",
+    "trainer.checkpoint_every_n_steps", "trainer.log_every_n_steps", "eval", "logging", "run",
 }
 
 
@@ -175,6 +175,8 @@ def load_config(path: str | Path, overrides: list[str], schemas: dict[str, type]
         raise ConfigError(f"{path}: {e}".replace("\n", "; ")) from e
     if missing:
         raise ConfigError(f"{path}: these keys need a value: {', '.join(missing)} (set them in the YAML or key=value)")
+    if cfg.data.worker_start not in WORKER_STARTS:
+        raise ConfigError(f"{path}: data.worker_start is {cfg.data.worker_start!r}; use one of {list(WORKER_STARTS)}")
     return cfg
 
 

@@ -88,7 +88,9 @@ def optimizer_steps_per_batch(cfg: DictConfig) -> int:
 def fit(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> Path:
     """Train (or resume) the run of ``cfg``; returns its folder. ``callbacks`` are added to the run's own."""
     method = METHODS[cfg.method]
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # workers=False: the data streams seed themselves from (seed, pool, step, rank, worker, epoch), and Lightning's
+    # worker seeding would only make every loader worker import Lightning before its first batch
+    pl.seed_everything(cfg.seed, workers=False, verbose=False)
     info = DatasetInfo.load(cfg.data.root)
     folder = resolve_run_dir(cfg)
     inherited = os.environ.get(RUN_DIR_ENV)

@@ -42,6 +42,11 @@ def test_wrong_type_is_an_error():
         load("data.batch_size=many")
 
 
+def test_unknown_worker_start_is_an_error():
+    with pytest.raises(ConfigError, match=r"data.worker_start is 'spawn'; use one of \['forkserver', 'fork'\]"):
+        load("data.worker_start=spawn")
+
+
 def test_unknown_method_and_missing_file():
     with pytest.raises(ConfigError, match="method 'nope' is not one of"):
         load("method=nope")
@@ -52,7 +57,7 @@ def test_unknown_method_and_missing_file():
 def test_identity_ignores_operational_keys_only():
     base = identity(load())
     assert identity(load("trainer.devices=2", "trainer.strategy=ddp", "data.root=/elsewhere", "data.num_workers=8",
-                         "logging.wandb=false", "trainer.max_steps=99")) == base
+                         "data.worker_start=fork", "logging.wandb=false", "trainer.max_steps=99")) == base
     assert identity(load("optim.lr=0.002")) != base
     assert identity(load("seed=1")) != base
 

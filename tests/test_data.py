@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,8 +16,9 @@ import soundfile as sf
 import torch
 from conftest import REPO, build_toy_dataset
 
-from lightning_sep.data.datamodule import DataConfig, PoolSpec, SeparationDataModule
+from lightning_sep.data.datamodule import SeparationDataModule
 from lightning_sep.data.shards import DatasetError, DatasetInfo, decode_sample, iter_tar, read_pool
+from lightning_sep.data.streams import DataConfig, PoolSpec
 
 
 @pytest.fixture
@@ -174,6 +176,34 @@ def test_training_crops_vary_between_epochs(toy_dataset):
     loader = SeparationDataModule(cfg, {"o": PoolSpec("train", "observed", ["noise"])}).train_dataloader()
     first, second = [torch.cat([b["o"]["noise"].float() for b in loader]) for _ in range(2)]
     assert not torch.equal(first, second)
+
+
+def _parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_workers_start_from_a_forkserver_with_the_same_batches_as_fork(toy_dataset):
+    """Workers forked from the training process can deadlock when it has threads; the default starts them from a
+    clean server instead, and that must not change what they draw."""
+    pools = {"o": PoolSpec("train", "observed", ["noise"])}
+    drawn, parents = {}, {}
+    for start in ("forkserver", "fork"):
+        cfg = DataConfig(root=str(toy_dataset), segment_seconds=0.5, batch_size=2, batches_per_epoch=4,
+                         num_workers=2, worker_start=start)
+        torch.manual_seed(0)  # the loader's base seed for its workers
+        loader = SeparationDataModule(cfg, pools, seed=3).train_dataloader()
+        batches = iter(loader)
+        drawn[start] = torch.cat([b["o"]["noise"] for b in batches])
+        parents[start] = {_parent_pid(w.pid) for w in batches._workers}
+        batches._shutdown_workers()
+    torch.testing.assert_close(drawn["forkserver"], drawn["fork"], atol=0, rtol=0)
+    assert parents["fork"] == {os.getpid()}
+    assert len(parents["forkserver"]) == 1 and os.getpid() not in parents["forkserver"]
+
+
+def test_mistyped_worker_start_is_refused(toy_dataset):
+    with pytest.raises(ValueError, match="data.worker_start: 'spwan'"):
+        SeparationDataModule(DataConfig(root=str(toy_dataset), worker_start="spwan"), {})
 
 
 def test_unobserved_stem_cannot_reach_training(toy_dataset):

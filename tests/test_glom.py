@@ -12,8 +12,9 @@ from test_runs import ok
 
 from lightning_sep import experiment
 from lightning_sep.config import ConfigError
-from lightning_sep.data.datamodule import DataConfig, PoolSpec, SeparationDataModule
+from lightning_sep.data.datamodule import SeparationDataModule
 from lightning_sep.data.shards import DatasetInfo, pool_keys
+from lightning_sep.data.streams import DataConfig, PoolSpec
 from lightning_sep.methods.glom import GLOM
 
 GLOM_CONFIG, FT_CONFIG = "experiments/glom/demo_speech_noise.yaml", "experiments/nes/demo_speech_noise_ft.yaml"

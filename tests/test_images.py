@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_sep.data.datamodule import DataConfig, PoolSpec, SeparationDataModule
+from lightning_sep.data.datamodule import SeparationDataModule
 from lightning_sep.data.recipes import demo_digits as dd
 from lightning_sep.data.recipes import options_from
 from lightning_sep.data.shards import (
@@ -29,6 +29,7 @@ from lightning_sep.data.shards import (
     iter_tar,
     read_pool,
 )
+from lightning_sep.data.streams import DataConfig, PoolSpec
 
 COUNTS = {"train/mixtures": 13, "train/observed": 11, "train/isolated": 12, "valid/eval": 7, "test/eval": 9}
 

@@ -14,8 +14,9 @@ import torch
 from conftest import REPO, cli
 from test_runs import ok
 
-from lightning_sep.data.datamodule import DataConfig, PoolSpec, SeparationDataModule
+from lightning_sep.data.datamodule import SeparationDataModule
 from lightning_sep.data.shards import DatasetInfo, iter_tar
+from lightning_sep.data.streams import DataConfig, PoolSpec
 from lightning_sep.methods.nes import ESTIMATE, NES
 
 CONFIG = "experiments/nes/demo_speech_noise.yaml"

@@ -13,10 +13,10 @@ import torchaudio.functional as AF
 from music_fakes import clips, tars
 from urban_fakes import make_urban_sed, write_soundscape
 
-from lightning_sep.data.datamodule import EvalClips
 from lightning_sep.data.recipes import RecipeError, option_docs, options_from, urban_sed
 from lightning_sep.data.recipes.urbansound8k import CLASSES, UrbanDatasetError
 from lightning_sep.data.shards import DatasetError, DatasetInfo
+from lightning_sep.data.streams import EvalClips
 
 RATE = 16000
 POOLS = {"train/mixtures": "train", "valid/eval": "validate", "test/eval": "test"}

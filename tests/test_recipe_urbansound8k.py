@@ -16,10 +16,10 @@ import torchaudio.functional as AF
 from music_fakes import clips, tars
 from urban_fakes import make_urbansound8k, read_metadata_rows, write_metadata, write_slice
 
-from lightning_sep.data.datamodule import EvalClips
 from lightning_sep.data.recipes import RecipeError, option_docs, options_from, urbansound8k
 from lightning_sep.data.recipes.urbansound8k import DEFAULT_CLASSES, UrbanDatasetError
 from lightning_sep.data.shards import DatasetInfo
+from lightning_sep.data.streams import EvalClips
 
 RATE = 16000
 COUNTS = ("mixtures_clips=24", "isolated_clips=16", "valid_clips=8", "test_clips=8", "clips_per_shard=10")

@@ -14,8 +14,9 @@ from weak_fakes import CLASSES, build_weak_dataset
 
 from lightning_sep import experiment
 from lightning_sep.config import ConfigError
-from lightning_sep.data.datamodule import DataConfig, PoolSpec, SeparationDataModule
+from lightning_sep.data.datamodule import SeparationDataModule
 from lightning_sep.data.shards import DatasetInfo
+from lightning_sep.data.streams import DataConfig, PoolSpec
 from lightning_sep.methods.assessor import classifier_weights
 from lightning_sep.methods.supervised import Supervised
 from lightning_sep.methods.weaksep import WeakSep

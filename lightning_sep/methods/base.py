@@ -26,8 +26,8 @@ from torchmetrics import MeanMetric
 from .. import metrics
 from ..audio import STFT, Pixels
 from ..config import ConfigError, ExperimentConfig, config_from_dict
-from ..data.datamodule import PoolSpec
 from ..data.shards import DatasetInfo
+from ..data.streams import PoolSpec
 
 
 def read_checkpoint(path: str | Path, method: str | None = None) -> dict:

@@ -17,8 +17,8 @@ from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1
 from torchmetrics.functional.classification import multilabel_average_precision, multilabel_f1_score
 
 from ..config import ConfigError, ExperimentConfig
-from ..data.datamodule import LABEL_RATE, PoolSpec
 from ..data.shards import DatasetInfo
+from ..data.streams import LABEL_RATE, PoolSpec
 from ..nets.classifier import POOLINGS, ClassifierConfig, SoundEventClassifier, bce
 from .base import SeparationModule
 

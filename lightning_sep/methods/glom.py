@@ -23,8 +23,8 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from ..config import ConfigError, ExperimentConfig
-from ..data.datamodule import PoolSpec
 from ..data.shards import DatasetInfo
+from ..data.streams import PoolSpec
 from ..nets.glo import GLOConfig, GLOGenerator
 from .base import SeparationModule, read_upstream_checkpoint
 

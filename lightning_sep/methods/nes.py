@@ -39,8 +39,8 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from ..config import ConfigError, ExperimentConfig
-from ..data.datamodule import EvalClips, PoolSpec
 from ..data.shards import IMAGE_MAX, DatasetInfo, DatasetWriter, PoolInfo
+from ..data.streams import EvalClips, PoolSpec
 from ..metrics import si_sdr
 from ..nets.unet import MaskUNet
 from .base import SeparationModule

@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from ..config import ConfigError, ExperimentConfig
-from ..data.datamodule import PoolSpec
 from ..data.shards import DatasetInfo
+from ..data.streams import PoolSpec
 from ..metrics import si_sdr
 from ..nets.unet import MaskUNet
 from .assessor import EXAMPLE_CONFIG, classification_loss, frame_verdicts, load_classifier

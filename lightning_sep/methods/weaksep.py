@@ -32,8 +32,8 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from ..config import ConfigError, ExperimentConfig
-from ..data.datamodule import PoolSpec
 from ..data.shards import DatasetInfo
+from ..data.streams import PoolSpec
 from ..nets.classifier import bce, pool
 from ..nets.unet import MaskUNet
 from .assessor import classification_loss, frame_verdicts, load_classifier
