@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,37 @@ def test_workers_start_from_a_forkserver_with_the_same_batches_as_fork(toy_datas
     torch.testing.assert_close(drawn["forkserver"], drawn["fork"], atol=0, rtol=0)
     assert parents["fork"] == {os.getpid()}
     assert len(parents["forkserver"]) == 1 and os.getpid() not in parents["forkserver"]
+
+
+@pytest.mark.parametrize("start", ["forkserver", "fork"])
+def test_workers_end_when_the_training_process_is_killed(toy_dataset, start):
+    """SIGKILL (the OOM killer, a preempted job) leaves no loader worker or fork server behind."""
+    program = (
+        "import sys\n"
+        "from lightning_sep.data.datamodule import SeparationDataModule\n"
+        "from lightning_sep.data.streams import DataConfig, PoolSpec\n"
+        f"cfg = DataConfig(root={str(toy_dataset)!r}, segment_seconds=0.5, batch_size=2, batches_per_epoch=1000, "
+        f"num_workers=2, worker_start={start!r})\n"
+        "pools = {'o': PoolSpec('train', 'observed', ['noise'])}\n"
+        "batches = iter(SeparationDataModule(cfg, pools).train_dataloader())\n"
+        "next(batches)\n"
+        "print(*[w.pid for w in batches._workers], flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    workers = [int(pid) for pid in proc.stdout.readline().split()]
+    assert len(workers) == 2
+    helpers = {_parent_pid(pid) for pid in workers} - {proc.pid}  # the fork server, if there is one
+    proc.kill()
+    proc.wait(timeout=30)
+    survivors = workers + sorted(helpers)
+    deadline = time.time() + 30
+    while survivors and time.time() < deadline:
+        time.sleep(0.5)
+        survivors = [pid for pid in survivors if Path(f"/proc/{pid}").exists() and
+                     Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not survivors, f"still running 30 s after the training process was killed: {survivors}"
 
 
 def test_mistyped_worker_start_is_refused(toy_dataset):

@@ -35,13 +35,15 @@ fixed shard order going to rank ``i % world`` (and within a rank to one worker).
 from __future__ import annotations
 
 import multiprocessing
+import os
+from functools import partial
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from .shards import DatasetError, DatasetInfo
-from .streams import WORKER_STARTS, DataConfig, EvalClips, PoolSpec, TrainStream, ZipPools
+from .streams import WORKER_STARTS, DataConfig, EvalClips, PoolSpec, TrainStream, ZipPools, follow_trainer
 
 
 def _worker_context(start: str) -> multiprocessing.context.BaseContext:
@@ -121,11 +123,13 @@ class SeparationDataModule(pl.LightningDataModule):
         return _distributed()
 
     def _loader(self, dataset: IterableDataset) -> DataLoader:
-        # batch_size=None: batches are made in the workers; a plain DataLoader lets Lightning seed workers per rank
+        # batch_size=None: batches are made in the workers
         workers = self.cfg.num_workers
-        return DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
-                          multiprocessing_context=_worker_context(self.cfg.worker_start) if workers > 0 else None,
-                          pin_memory=torch.cuda.is_available())
+        if workers == 0:
+            return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=torch.cuda.is_available())
+        return DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=True,
+                          multiprocessing_context=_worker_context(self.cfg.worker_start),
+                          worker_init_fn=partial(follow_trainer, os.getpid()), pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         rank, _ = self._rank()

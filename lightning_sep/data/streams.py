@@ -5,7 +5,10 @@ workers start from a fork server (``DataConfig.worker_start``), and every module
 """
 from __future__ import annotations
 
+import os
 import random
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -51,6 +54,24 @@ class PoolSpec:
     stems: list[str]
     root: str | None = None
     indexed: bool = False  # each example also carries ``index``: its clip's position in the pool (a per-clip code)
+
+
+def follow_trainer(trainer_pid: int, worker_id: int) -> None:
+    """A loader's ``worker_init_fn``: end this worker once the process it loads for is gone.
+
+    A worker started by a fork server is the server's child, and torch's own check watches the parent; the server in
+    turn lives as long as its workers do. After a SIGKILL of the training process (the OOM killer, a preempted
+    job) both would stay alive for good without this."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(trainer_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="follow-trainer", daemon=True).start()
 
 
 def _worker() -> tuple[int, int]:
