@@ -31,6 +31,9 @@ random with its own seed), so shard counts never need to divide by ranks × work
 ``batches_per_epoch`` batches per epoch (the count is split across the workers exactly), which keeps the
 collective ops of all ranks in step. Evaluation is exact: every clip is scored once overall, clip ``i`` of the
 fixed shard order going to rank ``i % world`` (and within a rank to one worker).
+
+Loader workers start from a fork server (``data.worker_start``), never as forks of a rank that already runs threads,
+and they end when the process they load for is gone; what they run lives in ``streams.py``, which needs no Lightning.
 """
 from __future__ import annotations
 
