@@ -9,6 +9,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -19,7 +20,7 @@ from test_runs import ok
 from lightning_sep import experiment
 from lightning_sep.audio import STFT, STFTConfig
 from lightning_sep.config import ConfigError
-from lightning_sep.data.shards import DatasetInfo
+from lightning_sep.data.shards import DatasetInfo, DatasetWriter
 from lightning_sep.methods.masknet import MaskNet, bilateral_filter
 
 CONFIG = "experiments/masknet/demo_chorales.yaml"
@@ -38,6 +39,14 @@ def small(root: Path, runs: Path, *extra: str) -> list[str]:
             "trainer.val_every_n_steps=3", "trainer.checkpoint_every_n_steps=3", "trainer.progress_bar=false",
             "trainer.precision=32-true", "trainer.log_every_n_steps=1", "eval.examples=1", "logging.wandb=false",
             *extra]
+
+
+def _benchmark(name: str):
+    """A script of benchmarks/ as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / f"benchmarks/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +90,7 @@ def test_test_applies_inference_overrides_to_a_trained_run(masknet_run):
 
 
 def test_inference_sweep_scores_each_setting_on_the_validation_split(masknet_run, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("masknet_inference", REPO / "benchmarks/masknet_inference.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = _benchmark("masknet_inference")
     assert sweep.main([str(masknet_run), "--exponents", "1", "2", "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out.split(" on valid, speech (dB):\n")[1].strip().splitlines()
     assert len(table) == 3 and [row.split("|")[2].strip() for row in table[1:]] == ["1", "2"]
@@ -93,6 +100,45 @@ def test_inference_sweep_scores_each_setting_on_the_validation_split(masknet_run
         assert results["inference"]["mask_exponent"] == exponent
         assert float(table[exponent].split("|")[3]) == pytest.approx(results["summary"]["speech"]["si_sdri"]["mean"],
                                                                      abs=0.006)
+
+
+def test_breakdown_groups_clips_by_their_metadata(tmp_path):
+    breakdown = _benchmark("breakdown")
+    info = DatasetInfo(name="groups", sample_rate=8000, stems=["speech", "noise"], observed="noise",
+                       unobserved="speech")
+    writer = DatasetWriter(tmp_path / "data", info, clips_per_shard=2)
+    kinds = ["strings", "brass", "strings", "brass", "strings"]
+    with writer.pool("test", "eval", ["mix"]) as pool:
+        for i, kind in enumerate(kinds):
+            pool.add(f"clip-{i}", {"mix": np.zeros(800, np.int16)}, {"source": {"ensemble": kind}})
+    writer.close()
+    groups = breakdown.clip_field(str(tmp_path / "data"), "test", "source.ensemble")
+    assert groups == {f"clip-{i}": kind for i, kind in enumerate(kinds)}
+    results = {"clips": [{"id": f"clip-{i}", "speech": {"sir": float(i), "sar": math.nan if i == 4 else 10.0 + i}}
+                         for i in range(5)]}
+    values = breakdown.group_values(results, groups, "speech", ["sir", "sar"])
+    assert values["sir"] == {"strings": [0.0, 2.0, 4.0], "brass": [1.0, 3.0], "(all)": [0.0, 1.0, 2.0, 3.0, 4.0]}
+    assert values["sar"]["strings"] == [10.0, 12.0]  # a NaN score (silent reference) is left out
+    with pytest.raises(ConfigError, match=r"clip clip-0 has no metadata field 'source.tempo' \(at 'tempo' it holds "
+                                          r"ensemble\)"):
+        breakdown.clip_field(str(tmp_path / "data"), "test", "source.tempo")
+    with pytest.raises(ConfigError, match="no speech/si_sdri per clip in results.json"):
+        breakdown.group_values(results, groups, "speech", ["si_sdri"])
+
+
+def test_breakdown_table_of_a_tested_run(masknet_run, capsys):
+    ok(cli("test", str(masknet_run)))
+    summary = json.loads((masknet_run / "results.json").read_text())["summary"]["speech"]
+    assert _benchmark("breakdown").main([str(masknet_run), str(masknet_run), "--by", "source", "--metrics",
+                                         "si_sdri", "sir"]) == 0
+    rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")[1:]]
+            for line in capsys.readouterr().out.splitlines() if "|" in line}
+    assert rows["source"] == ["n", "R1 si_sdri", "R1 sir", "R2 si_sdri", "R2 sir"]
+    assert rows["toy"] == rows["(all)"]  # the toy clips all share one source
+    n, si_sdri, sir, *again = rows["(all)"]
+    assert int(n) == 9 and again == [si_sdri, sir]
+    assert float(si_sdri) == pytest.approx(summary["si_sdri"]["median"], abs=0.006)
+    assert float(sir) == pytest.approx(summary["sir"]["median"], abs=0.006)
 
 
 class StepWatcher(pl.Callback):
